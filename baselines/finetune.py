@@ -1,0 +1,71 @@
+"""Finetune: one network trained on each task in turn, nothing kept but the network (lower bound).
+
+    config.strategies = ("finetune",)      # settings: config.model, config.train
+
+Subclasses (joint, replay) reuse its network, trainer and memory report and change what it trains
+on. The optimiser state is created afresh for every task and dropped after it, so only the network
+is carried from one task to the next.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+from flax import nnx
+
+from cil import models, parallel
+from cil.data.stream import Task
+from cil.strategy import Learned, MemoryReport, Strategy, StreamSpec, pytree_bytes
+from cil.training import Trainer
+
+
+class Finetune(Strategy):
+    name = "finetune"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._trainer = None
+        self._trainer_key = None
+
+    def capacity(self, spec: StreamSpec) -> int:
+        """The most examples one ``learn`` call trains on: fixes the compiled epoch's shape."""
+        return max(spec.train_sizes)
+
+    def build_network(self, key, spec: StreamSpec) -> dict:
+        """A fresh network as a state dict; builds the (cached) trainer on first use."""
+        self.spec = spec
+        model = models.build(self.config.model, spec.image_shape, spec.num_classes, seed=key)
+        graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+        trainer_key = (graphdef, spec)
+        if self._trainer_key != trainer_key:  # compile once per stream, reuse across seeds
+            self._trainer = Trainer(graphdef, self.config.train, parallel.data_mesh(),
+                                    self.capacity(spec))
+            self._trainer_key = trainer_key
+        return parallel.replicate(self._trainer.mesh, {"params": params, "model_state": model_state})
+
+    def init(self, key, spec):
+        return {"net": self.build_network(key, spec)}
+
+    def fit(self, net: dict, images, labels, key, num_seen: int) -> tuple[dict, int]:
+        """Trains ``net`` for ``train.epochs`` on (images, labels); returns it and examples seen."""
+        trainer = self._trainer
+        train_net = trainer.init(net["params"], net["model_state"])
+        data = trainer.put(images, labels)
+        for epoch in range(self.config.train.epochs):
+            key, epoch_key = jax.random.split(key)
+            train_net, loss = trainer.epoch(train_net, data, epoch_key, num_seen)
+            logging.debug("epoch %d loss %.4f", epoch, float(loss))
+        trained = {"params": train_net["params"], "model_state": train_net["model_state"]}
+        return trained, len(images) * self.config.train.epochs
+
+    def learn(self, state, task: Task, key):
+        net, examples = self.fit(state["net"], task.images, task.labels, key, task.classes[-1] + 1)
+        return Learned({**state, "net": net}, examples)
+
+    def predict(self, state, images):
+        return self._trainer.logits(state["net"], images)
+
+    def memory(self, state):
+        return MemoryReport(learner_params=pytree_bytes(state["net"]["params"]),
+                            side_state=pytree_bytes(state["net"]["model_state"]))

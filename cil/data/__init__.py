@@ -1,0 +1,1 @@
+"""Data: named sources (``sources``), class-incremental streams (``stream``), augmentation."""

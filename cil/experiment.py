@@ -1,0 +1,216 @@
+"""Runs the strategies and seeds a config lists on one stream: learn, evaluate, record, resume.
+
+    summaries = run_experiment(config, workdir="/tmp/digits")    # what run.py calls
+
+For each (strategy, seed) not already finished in ``workdir``: ``init``, then per task ``learn`` on
+the task's training data, check the memory budget, predict every seen test example, and append a
+task line; at the end a summary line (PROTOCOL.md figures). The strategy's state is checkpointed
+after every task, so an interrupted run resumes at the next task with the same keys and results.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from cil import evaluation
+from cil.data import sources, stream as streams
+from cil.errors import ConfigError
+from cil.results import ResultsWriter, stable_hash
+from cil.strategy import Budget, StreamSpec, available_strategies, load_strategy, strategy_config
+from cil.timing import Stopwatch
+
+REQUIRED_SECTIONS = ("dataset", "stream", "model", "train", "memory", "strategies", "seeds",
+                     "eval_batch_size", "checkpoint")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Every top-level key must be a known section or a strategy's own section."""
+    known = set(REQUIRED_SECTIONS) | set(available_strategies())
+    unknown = sorted(set(config.keys()) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; top-level keys are "
+                          f"{', '.join(sorted(REQUIRED_SECTIONS))} and strategy names")
+    missing = [k for k in REQUIRED_SECTIONS if k not in config]
+    if missing:
+        raise ConfigError(f"config lacks {', '.join(missing)}; start from configs/digits.py")
+    if not config.strategies:
+        raise ConfigError("config.strategies is empty; name at least one of: "
+                          + ", ".join(available_strategies()))
+    for name in config.strategies:
+        strategy_config(name, config)  # unknown strategy or strategy key: fail before any work
+
+
+def build_stream(config) -> streams.Stream:
+    dataset = sources.load(config.dataset)
+    order = config.stream.class_order
+    return streams.make_stream(dataset, config.stream.initial, config.stream.increment,
+                               config.stream.class_order_seed, list(order) if order else None)
+
+
+def stream_spec(stream: streams.Stream, memory: ml_collections.ConfigDict) -> StreamSpec:
+    budget = Budget(max_bytes=memory.budget_bytes, max_exemplars=memory.exemplars,
+                    charge_encoder=bool(memory.charge_encoder))
+    return StreamSpec(num_classes=stream.num_classes, image_shape=stream.image_shape,
+                      tasks=stream.tasks, train_sizes=stream.task_sizes("train"), budget=budget,
+                      dataset_name=stream.dataset_name)
+
+
+def stream_identity(config, stream: streams.Stream) -> dict:
+    """What makes two runs comparable: the same data, split and class order."""
+    return {"dataset": stream.dataset_name, "split": stream.split_name,
+            "class_order_seed": config.stream.class_order_seed,
+            "class_order": list(stream.class_order), "num_tasks": stream.num_tasks}
+
+
+def run_config(name: str, config) -> dict:
+    """The settings one strategy's run depends on (its own section, model, training, memory...)."""
+    merged = strategy_config(name, config).to_dict()
+    for key in ("strategies", "seeds", *available_strategies()):
+        merged.pop(key, None)
+    return merged
+
+
+def device_description() -> dict:
+    devices = jax.devices()
+    return {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
+            "device_count": len(devices), "host": platform.node(), "cpu_count": os.cpu_count()}
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str,
+                   progress: Callable[[str], None] = print) -> list[dict]:
+    validate_config(config)
+    stream = build_stream(config)
+    spec = stream_spec(stream, config.memory)
+    writer = ResultsWriter(workdir)
+    config_hash = writer.snapshot_config(config.to_dict())
+    identity = stream_identity(config, stream)
+    progress(f"{stream.dataset_name} {stream.split_name}: {stream.num_tasks} tasks, "
+             f"{stream.num_classes} classes, {len(stream.train_labels)} train / "
+             f"{len(stream.test_labels)} test images {stream.image_shape}; "
+             f"{len(jax.devices())} {jax.devices()[0].platform} device(s)")
+    summaries = []
+    for name in config.strategies:
+        strategy = load_strategy(name, config)
+        settings = run_config(name, config)
+        for seed in config.seeds:
+            run_id = stable_hash({"stream": identity, "config": settings, "seed": seed})
+            if writer.is_complete(run_id):
+                progress(f"[{name} seed {seed}] already in {workdir}, skipped")
+                continue
+            header = {"run_id": run_id, "config_hash": config_hash, "strategy": name,
+                      "seed": seed, **identity}
+            run = RunLoop(strategy, stream, spec, config, header, writer, Path(workdir), progress)
+            summary = run.run(settings)
+            summaries.append(summary)
+    return summaries
+
+
+class RunLoop:
+    """One (strategy, seed) over the stream, resumable from its per-task checkpoint."""
+
+    def __init__(self, strategy, stream, spec, config, header, writer, workdir, progress):
+        self.strategy, self.stream, self.spec, self.config = strategy, stream, spec, config
+        self.header, self.writer, self.progress = header, writer, progress
+        self.checkpoint_path = workdir / "checkpoints" / f"{header['run_id']}.pkl"
+        self.tag = f"[{header['strategy']} seed {header['seed']}]"
+
+    def run(self, settings: dict) -> dict:
+        init_key, tasks_key = jax.random.split(jax.random.key(self.header["seed"]))
+        with Stopwatch() as init_watch:
+            state = self.strategy.init(init_key, self.spec)
+        progress = {"attempt": uuid.uuid4().hex[:8], "next_task": 0, "rows": [], "A": [],
+                    "tasks": [], "init_compile_seconds": init_watch.compile_seconds}
+        saved = self._load_checkpoint()
+        if saved is not None:
+            progress, state = saved["progress"], saved["state"]
+            self.progress(f"{self.tag} resuming at task {progress['next_task']}")
+        for t in range(progress["next_task"], self.stream.num_tasks):
+            state, record = self._task(state, t, jax.random.fold_in(tasks_key, t), progress)
+            progress["rows"].append(record["acc_row"])
+            progress["A"].append(record["A"])
+            progress["tasks"].append(record)
+            progress["next_task"] = t + 1
+            self._save_checkpoint(progress, state)
+        summary = self._summary(progress, settings)
+        self.writer.append(summary)
+        self.checkpoint_path.unlink(missing_ok=True)
+        self.progress(f"{self.tag} done: avg_inc_acc {summary['avg_inc_acc']:.4f}, last_acc "
+                      f"{summary['last_acc']:.4f}, forgetting {summary['forgetting']:.4f}, "
+                      f"train {summary['train_seconds']:.1f}s")
+        return summary
+
+    def _task(self, state, t, key, progress):
+        task = self.stream.train_task(t)
+        with Stopwatch() as train_watch:
+            learned = self.strategy.learn(state, task, key)
+            state = jax.block_until_ready(learned.state)
+        report = self.strategy.memory(state)
+        evaluation.check_budget(report, self.spec.budget, self.header["strategy"], t)
+        test = self.stream.test_seen(t)
+        num_seen = self.stream.seen_classes(t)
+        with Stopwatch() as eval_watch:
+            predictions = evaluation.predict_seen(self.strategy, state, test.images, num_seen,
+                                                  self.config.eval_batch_size)
+        row, A_t = evaluation.accuracy_row(predictions, test.labels, self.stream.tasks[: t + 1])
+        record = {
+            "kind": "task", **self.header, "attempt": progress["attempt"], "task": t,
+            "num_seen_classes": num_seen, "acc_row": row, "A": A_t,
+            "memory": report._asdict(),
+            "charged_bytes": report.charged_bytes(self.spec.budget.charge_encoder),
+            "trained_examples": learned.trained_examples,
+            "train_seconds": train_watch.seconds, "eval_seconds": eval_watch.seconds,
+            "compile_seconds": train_watch.compile_seconds + eval_watch.compile_seconds,
+        }
+        self.writer.append(record)
+        rate = learned.trained_examples / max(train_watch.seconds, 1e-9)
+        self.progress(f"{self.tag} task {t + 1}/{self.stream.num_tasks}: A {A_t:.4f}  "
+                      f"a {' '.join(f'{a:.2f}' for a in row)}  train {train_watch.seconds:.2f}s "
+                      f"({rate:,.0f} img/s, compile {record['compile_seconds']:.2f}s)  "
+                      f"memory {record['charged_bytes'] / 1e6:.3f} MB")
+        return state, record
+
+    def _summary(self, progress, settings) -> dict:
+        tasks = progress["tasks"]
+        train_seconds = sum(r["train_seconds"] for r in tasks)
+        trained = sum(r["trained_examples"] for r in tasks)
+        memory_by_category = {k: max(r["memory"][k] for r in tasks) for k in tasks[0]["memory"]}
+        return {
+            "kind": "summary", **self.header, "attempt": progress["attempt"],
+            "acc_matrix": progress["rows"], "A": progress["A"],
+            **evaluation.summary_metrics(progress["rows"], progress["A"]),
+            "memory_bytes": max(r["charged_bytes"] for r in tasks),
+            "memory_by_category": memory_by_category,
+            "train_seconds": train_seconds,
+            "eval_seconds": sum(r["eval_seconds"] for r in tasks),
+            "compile_seconds": progress["init_compile_seconds"] + sum(r["compile_seconds"] for r in tasks),
+            "train_seconds_per_task": [r["train_seconds"] for r in tasks],
+            "trained_examples": trained,
+            "train_images_per_second": trained / max(train_seconds, 1e-9),
+            "device": device_description(), "config": settings,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def _load_checkpoint(self):
+        if not self.checkpoint_path.exists():
+            return None
+        with open(self.checkpoint_path, "rb") as f:
+            return pickle.load(f)
+
+    def _save_checkpoint(self, progress, state) -> None:
+        if not self.config.checkpoint:
+            return
+        self.checkpoint_path.parent.mkdir(exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump({"progress": progress, "state": jax.device_get(state)}, f)
+        os.replace(tmp, self.checkpoint_path)

@@ -1,0 +1,143 @@
+"""The networks: MLP, a small CNN, ResNet-32 (CIFAR, 32x32) and ResNet-18.
+
+    net = mlp((28, 28, 1), 10, hidden=(400, 400), rngs=nnx.Rngs(0))
+    net(images, train=True)   # uint8 or float images, NHWC
+
+Max-pooling is written as reshape + max: on XLA:CPU the backward of ``max_pool``
+(select-and-scatter) took half of a small CNN's step, and this form ran twice as fast (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def to_float(images):
+    """uint8 pixels -> float32 in [0, 1]; float inputs (already features) pass through."""
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        return images.astype(jnp.float32) / 255.0
+    return images
+
+
+def max_pool_2x2(x):
+    n, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class Network(nnx.Module):
+    """``stages`` (a list of modules called as ``stage(x, train)``) followed by a linear ``head``."""
+
+    def __init__(self, stages, feature_dim: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.stages = nnx.List(stages)
+        self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
+
+    def features(self, images, train: bool = False, start: int = 0, stop: int | None = None):
+        """Runs stages [start, stop) on ``images`` (raw images when start == 0)."""
+        x = to_float(images) if start == 0 else images
+        for stage in list(self.stages)[start:stop]:
+            x = stage(x, train)
+        return x
+
+    def __call__(self, images, train: bool = False):
+        return self.head(self.features(images, train))
+
+
+class Dense(nnx.Module):
+    """Flatten, linear, ReLU: one MLP stage."""
+
+    def __init__(self, din, dout, *, rngs):
+        self.linear = nnx.Linear(din, dout, rngs=rngs)
+
+    def __call__(self, x, train):
+        return jax.nn.relu(self.linear(x.reshape(x.shape[0], -1)))
+
+
+def mlp(image_shape, num_classes, *, hidden=(400, 400), rngs):
+    sizes = [math.prod(image_shape), *hidden]
+    stages = [Dense(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])]
+    return Network(stages, sizes[-1], num_classes, rngs=rngs)
+
+
+class ConvBlock(nnx.Module):
+    """3x3 conv, ReLU, optional 2x2 max-pool."""
+
+    def __init__(self, cin, cout, pool, *, rngs):
+        self.conv = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
+        self.pool = pool
+
+    def __call__(self, x, train):
+        x = jax.nn.relu(self.conv(x))
+        return max_pool_2x2(x) if self.pool else x
+
+
+class GlobalPool(nnx.Module):
+    """Mean over the spatial axes (no parameters), ending a convolutional network's features."""
+
+    def __call__(self, x, train):
+        return x.mean(axis=(1, 2))
+
+
+def cnn(image_shape, num_classes, *, channels=(32, 64), rngs):
+    """Conv-pool blocks then global mean pooling: a small CNN that trains in seconds on a CPU."""
+    cins = [image_shape[-1], *channels]
+    stages = [ConvBlock(a, b, pool=True, rngs=rngs) for a, b in zip(cins, cins[1:])]
+    return Network([*stages, GlobalPool()], channels[-1], num_classes, rngs=rngs)
+
+
+class ResidualBlock(nnx.Module):
+    """Basic block: two 3x3 conv + BatchNorm; a strided 1x1 projection when the shape changes."""
+
+    def __init__(self, cin, cout, stride, *, rngs):
+        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, use_bias=False, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        self.conv2 = nnx.Conv(cout, cout, (3, 3), use_bias=False, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        if stride != 1 or cin != cout:
+            self.project = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+            self.project_bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        else:
+            self.project = None
+
+    def __call__(self, x, train):
+        frozen_stats = not train
+        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=frozen_stats))
+        y = self.bn2(self.conv2(y), use_running_average=frozen_stats)
+        if self.project is not None:
+            x = self.project_bn(self.project(x), use_running_average=frozen_stats)
+        return jax.nn.relu(x + y)
+
+
+class Stem(nnx.Module):
+    def __init__(self, cin, cout, *, rngs):
+        self.conv = nnx.Conv(cin, cout, (3, 3), use_bias=False, rngs=rngs)
+        self.bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+
+    def __call__(self, x, train):
+        return jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
+
+
+def _resnet(image_shape, num_classes, widths, blocks_per_stage, *, rngs):
+    stages = [Stem(image_shape[-1], widths[0], rngs=rngs)]
+    cin = widths[0]
+    for i, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
+        for b in range(blocks):
+            stride = 2 if (i > 0 and b == 0) else 1
+            stages.append(ResidualBlock(cin, width, stride, rngs=rngs))
+            cin = width
+    stages.append(GlobalPool())
+    return Network(stages, cin, num_classes, rngs=rngs)
+
+
+def resnet32(image_shape, num_classes, *, rngs):
+    """ResNet-32 for 32x32 inputs (He et al. 2016, CIFAR variant; as in iCaRL and PyCIL): 3x5 blocks."""
+    return _resnet(image_shape, num_classes, (16, 32, 64), (5, 5, 5), rngs=rngs)
+
+
+def resnet18(image_shape, num_classes, *, rngs):
+    """ResNet-18 with a 3x3 stem and no initial max-pool (the usual 32x32 adaptation)."""
+    return _resnet(image_shape, num_classes, (64, 128, 256, 512), (2, 2, 2, 2), rngs=rngs)

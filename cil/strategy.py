@@ -1,0 +1,159 @@
+"""The strategy interface and its small data types (DESIGN.md, "The strategy interface").
+
+A strategy lives in ``baselines/<name>.py`` and is found by that name; the module defines one
+subclass of ``Strategy``:
+
+    class Finetune(Strategy):
+        def init(self, key, spec): return {"params": ...}           # a pytree
+        def learn(self, state, task, key): return Learned(new_state, trained_examples=...)
+        def predict(self, state, images): return scores               # (N, spec.num_classes)
+        def memory(self, state): return MemoryReport(learner_params=...)
+
+    strategy = load_strategy("finetune", config)    # config.strategy holds its own section
+
+The evaluator masks the scores of classes not yet seen; a strategy never needs to. ``learn`` sees only
+the task's data; anything kept for later must live in the returned state and be reported by
+``memory``, which the evaluator checks against the budget after every task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+from typing import Any, NamedTuple
+
+import ml_collections
+import numpy as np
+
+from cil.data.stream import Task, TaskSpan
+from cil.errors import ConfigError
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What a strategy may keep (PROTOCOL.md "Memory accounting"); None means unbounded."""
+
+    max_bytes: int | None = None  # bounds exemplars + learner_params + side_state
+    max_exemplars: int | None = None  # bounds the number of stored examples
+    charge_encoder: bool = False  # also charge the frozen encoder against max_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """What a strategy may know before the stream starts."""
+
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    tasks: tuple[TaskSpan, ...]
+    train_sizes: tuple[int, ...]  # examples per task, to size fixed-shape buffers
+    budget: Budget
+    dataset_name: str = ""
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def image_bytes(self) -> int:
+        return int(np.prod(self.image_shape))  # images are stored as uint8
+
+
+class MemoryReport(NamedTuple):
+    """Bytes a strategy keeps from one task to the next, by PROTOCOL.md category."""
+
+    exemplars: int = 0  # stored examples at their stored dtype, plus their labels
+    learner_params: int = 0  # everything the strategy trains or grows
+    encoder_params: int = 0  # a frozen pretrained encoder: reported, charged only on request
+    side_state: int = 0  # prototypes, class means, keys, statistics, projections
+    num_exemplars: int = 0
+
+    def charged_bytes(self, charge_encoder: bool = False) -> int:
+        charged = self.exemplars + self.learner_params + self.side_state
+        return charged + (self.encoder_params if charge_encoder else 0)
+
+
+class Learned(NamedTuple):
+    """What ``learn`` returns: the new state and how many examples it trained on (epochs counted)."""
+
+    state: PyTree
+    trained_examples: int
+
+
+class Strategy:
+    """Base class. Subclasses read their own settings from ``config.strategy``.
+
+    ``config`` is the experiment's config (``model``, ``train``, ...) with ``strategy`` replaced by
+    this strategy's section, defaults filled in from ``default_config``.
+    """
+
+    name: str = ""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """This strategy's own settings and their defaults; a config may override any of them."""
+        return ml_collections.ConfigDict()
+
+    def init(self, key, spec: StreamSpec) -> PyTree:
+        raise NotImplementedError
+
+    def learn(self, state: PyTree, task: Task, key) -> Learned:
+        raise NotImplementedError
+
+    def predict(self, state: PyTree, images) -> Any:
+        raise NotImplementedError
+
+    def memory(self, state: PyTree) -> MemoryReport:
+        raise NotImplementedError
+
+
+def pytree_bytes(tree: PyTree) -> int:
+    """Bytes held by the arrays of a pytree, each at its own dtype."""
+    import jax
+    return int(sum(np.size(leaf) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree)))
+
+
+def available_strategies() -> list[str]:
+    import baselines
+    return sorted(m.name for m in pkgutil.iter_modules(baselines.__path__) if not m.name.startswith("_"))
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The one ``Strategy`` subclass defined in ``baselines/<name>.py``."""
+    if name not in available_strategies():
+        raise ConfigError(f"unknown strategy '{name}'; choose one of: "
+                          f"{', '.join(available_strategies())} (modules in baselines/)")
+    module = importlib.import_module(f"baselines.{name}")
+    found = [c for _, c in inspect.getmembers(module, inspect.isclass)
+             if issubclass(c, Strategy) and c.__module__ == module.__name__]
+    if len(found) != 1:
+        raise ConfigError(f"baselines/{name}.py must define exactly one Strategy subclass, "
+                          f"found {[c.__name__ for c in found]}")
+    return found[0]
+
+
+def strategy_config(name: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The experiment config with ``strategy`` set to ``name``'s defaults updated by ``config[name]``."""
+    cls = strategy_class(name)
+    own = cls.default_config()
+    overrides = config.get(name) or {}
+    unknown = sorted(set(overrides) - set(own))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+                          f"'{name}' accepts: {', '.join(sorted(own)) or 'no settings'}")
+    with own.unlocked():
+        own.update(dict(overrides))
+    merged = ml_collections.ConfigDict(config.to_dict())
+    merged.strategy = own
+    merged.strategy.name = name
+    return merged
+
+
+def load_strategy(name: str, config: ml_collections.ConfigDict) -> Strategy:
+    return strategy_class(name)(strategy_config(name, config))

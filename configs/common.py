@@ -1,0 +1,43 @@
+"""The fields every benchmark config has, with their defaults; benchmark files override a few.
+
+    config = base_config(dataset="digits", initial=0, increment=2)
+    config.train.epochs = 5
+
+Fields that may stay unset are ml_collections placeholders, so ``--config.memory.exemplars=2000``
+works from the command line.
+"""
+
+from ml_collections import ConfigDict, config_dict
+
+SMOKE_SEEDS = (0,)
+
+
+def base_config(dataset: str, initial: int, increment: int) -> ConfigDict:
+    config = ConfigDict()
+    config.dataset = ConfigDict({
+        "name": dataset,
+        "data_dir": config_dict.placeholder(str),  # TFDS data_dir / cache (default ~/.cache/cil)
+        "download": False,  # let TFDS download (never possible offline)
+        "path": config_dict.placeholder(str),  # a local folder (image folders, IDX files)
+    })
+    config.stream = ConfigDict({
+        "initial": initial,  # B{m}: classes in task 0 (0 means ``increment``)
+        "increment": increment,  # Inc{n}: classes in every later task
+        "class_order_seed": 1993,  # as in iCaRL and PyCIL
+        "class_order": config_dict.placeholder(tuple),  # an explicit permutation instead
+    })
+    config.model = ConfigDict({"name": "mlp", "hidden": (400, 400)})
+    config.train = ConfigDict({
+        "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0, "weight_decay": 0.0,
+        "batch_size": 128, "epochs": 1,
+    })
+    config.memory = ConfigDict({
+        "budget_bytes": config_dict.placeholder(int),  # bounds exemplars + learner + side state
+        "exemplars": config_dict.placeholder(int),  # bounds the number of stored examples
+        "charge_encoder": False,  # also charge a frozen encoder against budget_bytes
+    })
+    config.strategies = ("finetune", "joint")
+    config.seeds = (0, 1, 2)
+    config.eval_batch_size = 1000
+    config.checkpoint = True  # save the strategy state after every task, to resume
+    return config

@@ -24,15 +24,44 @@ config_flags.DEFINE_config_file("config", "configs/digits.py", "Benchmark config
 flags.DEFINE_string("workdir", "workdir/default", "Where results, config and checkpoints go.")
 
 
+def fail(error) -> None:
+    """One line naming the problem and its fix, exit status 2, nothing written."""
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(error) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    text = " ".join(str(text).replace("\\'", "'").replace("\\n", " ").split())
+    return text[1:-1] if text[:2] == "''" and text.endswith("'") else text
+
+
+def parse_flags(argv):
+    # Config files load while flags parse: a bad ':arg' or a mistyped --config.x must fail here
+    # with one line, not a traceback from inside absl.
+    try:
+        remaining = flags.FLAGS(argv)
+        flags.FLAGS.config.keys()  # the config file loads lazily: load it now
+        return remaining
+    except OSError as e:
+        fail(f"cannot load the config: {str(e).splitlines()[-1].strip()}; "
+             f"pass --config=configs/<benchmark>.py[:arg]")
+    except (CilError, flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        error = e.__cause__ if isinstance(e.__cause__, (CilError, KeyError)) else e
+        text = one_line(error)
+        if "Did you mean" in text and "command line flag" not in text:
+            text = f"unknown config key {text} Overrides must name a field the config file defines."
+        fail(text)
+
+
 def main(argv):
     del argv
     try:
         experiment.run_experiment(flags.FLAGS.config, flags.FLAGS.workdir)
         print(tables.markdown_table(tables.load(flags.FLAGS.workdir)))
     except CilError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

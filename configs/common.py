@@ -9,7 +9,18 @@ works from the command line.
 
 from ml_collections import ConfigDict, config_dict
 
+from cil.errors import ConfigError
+
 SMOKE_SEEDS = (0,)
+
+
+def check_arg(arg: str | None, allowed: tuple[str, ...]) -> str:
+    """The config argument after ':' (empty for none); anything else is a ConfigError."""
+    arg = arg or ""
+    if arg not in allowed:
+        raise ConfigError(f"unknown config argument '{arg}'; this config accepts: "
+                          f"{', '.join(a or '(none)' for a in allowed)}")
+    return arg
 
 
 def base_config(dataset: str, initial: int, increment: int) -> ConfigDict:

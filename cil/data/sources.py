@@ -5,13 +5,37 @@
     ds.train_images.shape   # (1347, 8, 8, 1), uint8
     ds.class_names          # ('0', '1', ..., '9')
 
-Sources: ``digits`` (scikit-learn's bundled 8x8 digits, no download). Every source goes
-through ``validate`` so that an empty class or a malformed array is a one-line ``DataError``.
+    sources.load(ConfigDict({"name": "fashion_mnist"}))        # Debian's IDX files, offline
+    sources.load(ConfigDict({"name": "folder", "path": "/data/pets"}))   # pets/{train,test}/<class>/
+    sources.load(ConfigDict({"name": "cifar100", "data_dir": "/data/tfds", "download": False}))
+
+``config`` fields: ``name``; ``data_dir`` (TFDS data_dir, also where TFDS splits are cached as
+.npz; default TFDS's own and ~/.cache/cil), ``download`` (let TFDS download and prepare), ``path``
+(a local folder). Missing fields take those defaults.
+
+Sources:
+- ``digits``: scikit-learn's bundled 8x8 digits, no download.
+- ``fashion_mnist``: the four IDX files from ``path`` or Debian's ``dataset-fashion-mnist``, in
+  TFDS's order (see the note above ``load_fashion_mnist``); else a prepared TFDS copy.
+- ``folder``: ``path/{train,test}/<class>/<image>.png|jpg``, read with Pillow.
+- ``tfds:<name>``, or any TFDS catalog name that is not one of the above (``cifar10``,
+  ``cifar100``, ``mnist``, ...): read once through ``tfds.data_source`` and cached as .npz.
+
+Every source goes through ``validate`` so that an empty class or a malformed array is a one-line
+``DataError``. Importing this module, ``digits``, ``fashion_mnist`` from IDX files and ``folder``
+never import TensorFlow (nor TFDS); only TFDS paths that TFDS itself cannot run without it do.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import hashlib
+import importlib.util
+import os
+import pathlib
+import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import ml_collections
 import numpy as np
@@ -39,6 +63,8 @@ class Dataset:
         return tuple(self.train_images.shape[1:])
 
 
+SPLITS = ("train", "test")
+
 # The digits split: 25 % of each class held out for testing, drawn with this fixed seed.
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
@@ -62,17 +88,307 @@ def load_digits() -> Dataset:
                    tuple(str(name) for name in bunch.target_names))
 
 
+# --- Fashion-MNIST from IDX files ---------------------------------------------------------------
+#
+# Route: parse the IDX files with NumPy and put the examples in the order TFDS writes them.
+# TFDS's own builder cannot run here: `fashion_mnist` reads its files through tf.io.gfile,
+# encodes every image to PNG with tf.image and serialises tf.train.Example protos, so preparing
+# it needs TensorFlow (+1.4 GB, 3.7 s import), and its checksums reject Debian's files as they
+# are (the deflate streams are upstream's, only the gzip header differs). What the builder does
+# is simple enough to copy exactly: `_generate_examples` takes the bytes after the 16/8-byte IDX
+# headers in file order and yields them under the key `index`; the writer then sorts a split's
+# examples by md5(split name + str(key)) (tensorflow_datasets/core/hashing.py and shuffle.py),
+# and readers return that order. The PNG round trip is lossless, so the same bytes in that order
+# are TFDS's canonical `fashion_mnist` 3.0.1. tests/test_sources.py checks each link: the Debian
+# files with upstream's gzip header have the sha256s in TFDS's url_checksums; TFDS's Shuffler
+# gives our order; the arrays hash to those that TFDS + TensorFlow prepared from these bytes
+# (that full comparison reruns where TensorFlow is installed and CIL_TFDS_CANONICAL=1).
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {  # split: (images, labels), upstream's names
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")  # TFDS's label names
+
+
+def read_idx(path: pathlib.Path) -> np.ndarray:
+    """A gzipped IDX file of unsigned bytes as an array of its stated shape."""
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"cannot read {path}: {error}; reinstall or re-download the file")
+    # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions,
+    # then each dimension as a big-endian uint32.
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if body.size != np.prod(shape):
+        raise DataError(f"{path}: header says shape {shape} but holds {body.size} bytes")
+    return body.reshape(shape)
+
+
+def tfds_order(split: str, num_examples: int) -> np.ndarray:
+    """The order in which TFDS writes examples keyed 0..n-1: by md5(split name + str(key))."""
+    salted = hashlib.md5(split.encode())
+
+    def hashed(key: int) -> bytes:
+        md5 = salted.copy()
+        md5.update(str(key).encode())
+        return md5.digest()  # same order as TFDS's int(hexdigest, 16)
+
+    return np.array(sorted(range(num_examples), key=hashed), dtype=np.int64)
+
+
+def load_fashion_mnist(config) -> Dataset:
+    """Fashion-MNIST from the IDX files in ``path`` (default Debian's folder), in TFDS's order.
+
+    Without the files, falls back to a TFDS copy in ``data_dir`` (see ``load_tfds``).
+    """
+    folder = pathlib.Path(config.get("path") or FASHION_MNIST_DIR).expanduser()
+    files = [folder / name for pair in FASHION_MNIST_FILES.values() for name in pair]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        hint = (f"Fashion-MNIST IDX files {', '.join(missing)} not found in {folder}; run "
+                f"`apt-get install -y dataset-fashion-mnist` or set path to a folder holding them")
+        if config.get("path"):
+            raise DataError(hint)
+        try:
+            return load_tfds(config, "fashion_mnist")
+        except DataError as error:
+            raise DataError(f"{hint} (no TFDS copy either: {error})") from None
+    arrays = []
+    for split, (image_file, label_file) in FASHION_MNIST_FILES.items():
+        images = read_idx(folder / image_file)
+        labels = read_idx(folder / label_file)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{folder}: {split} images {images.shape} and labels "
+                            f"{labels.shape} do not match; reinstall the files")
+        order = tfds_order(split, len(labels))
+        arrays += [images[order][..., None], labels[order].astype(np.int32)]
+    return Dataset(config.name, *arrays, FASHION_MNIST_CLASSES)
+
+
+# --- Image folders ------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_GRAY_MODES = ("1", "L", "LA")
+_COLOR_MODES = ("P", "RGB", "RGBA", "CMYK", "YCbCr")
+
+
+def _read_image(path: pathlib.Path) -> np.ndarray:
+    """(H, W) for a grayscale file, (H, W, 3) for a colour one; alpha is dropped."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in _GRAY_MODES + _COLOR_MODES:
+            raise DataError(f"{path}: image mode {image.mode} is not 8-bit grayscale or colour; "
+                            f"save it as 8-bit PNG or JPEG")
+        return np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
+
+
+def load_folder(config) -> Dataset:
+    """Images from ``path/<split>/<class>/<image>`` (png/jpg); class names are sorted folder names.
+
+    All grayscale gives C=1; any colour image makes every image RGB (C=3).
+    """
+    if not config.get("path"):
+        raise ConfigError("dataset 'folder' needs path: a folder laid out as "
+                          "<path>/{train,test}/<class>/<image>.png")
+    root = pathlib.Path(config.path).expanduser()
+    files = {}  # split -> class name -> sorted image paths
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DataError(f"image folder {split_dir} is missing; lay images out as "
+                            f"{root}/{{train,test}}/<class>/<image>.png")
+        files[split] = {
+            class_dir.name: sorted(p for p in class_dir.iterdir()
+                                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            for class_dir in sorted(split_dir.iterdir())
+            if class_dir.is_dir() and not class_dir.name.startswith(".")}
+    class_names = tuple(files["train"])
+    if class_names != tuple(files["test"]):
+        only_train = sorted(set(files["train"]) - set(files["test"])) or "none"
+        only_test = sorted(set(files["test"]) - set(files["train"])) or "none"
+        raise DataError(f"{root}: class folders differ between train and test (only in train: "
+                        f"{only_train}; only in test: {only_test}); give both the same classes")
+    if not class_names:
+        raise DataError(f"{root}/train has no class folders; add <class>/<image>.png folders")
+    for split in SPLITS:
+        for name, paths in files[split].items():
+            if not paths:
+                raise DataError(f"{root / split / name} has no .png/.jpg images; add images or "
+                                f"remove the class from both splits")
+
+    paths = [p for split in SPLITS for name in class_names for p in files[split][name]]
+    with ThreadPoolExecutor() as pool:  # Pillow decodes without the GIL
+        images = list(pool.map(_read_image, paths))
+    for path, image in zip(paths, images):
+        if image.shape[:2] != images[0].shape[:2]:
+            raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]} but {paths[0]} is "
+                            f"{images[0].shape[1]}x{images[0].shape[0]} (width x height); resize "
+                            f"all images to one size")
+    if any(image.ndim == 3 for image in images):
+        images = [np.repeat(i[..., None], 3, -1) if i.ndim == 2 else i for i in images]
+    else:
+        images = [i[..., None] for i in images]
+    arrays, start = [], 0
+    for split in SPLITS:
+        counts = [len(files[split][name]) for name in class_names]
+        end = start + sum(counts)
+        arrays += [np.stack(images[start:end]),
+                   np.repeat(np.arange(len(class_names), dtype=np.int32), counts)]
+        start = end
+    return Dataset(config.name, *arrays, class_names)
+
+
+# --- TFDS ---------------------------------------------------------------------------------------
+#
+# Preparing a dataset (download=True) and reading one prepared as tfrecord need TensorFlow; a
+# dataset prepared as array_record (what download=True writes here) is read with
+# `tfds.data_source`, which does not. Each split is read once, in batches (about 80 us a record,
+# all of it decoding), and the arrays are cached as .npz so that later loads skip TFDS.
+
+TFDS_PREFIX = "tfds:"
+_READ_BATCH = 1024
+_TENSORFLOW_HINT = "`pip install tensorflow-cpu`"
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise DataError(f"TFDS datasets need tensorflow-datasets ({error}); "
+                        f"`pip install tensorflow-datasets`") from None
+    return tfds
+
+
+def _in_tfds_catalog(name: str) -> bool:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        return False
+    # with_community_datasets=False: the community index lives on GCS, unreachable offline.
+    return name.split(":")[0].split("/")[0] in tfds.list_builders(with_community_datasets=False)
+
+
+def _cache_path(name: str, data_dir: str | None) -> pathlib.Path:
+    root = pathlib.Path(data_dir).expanduser() if data_dir else pathlib.Path("~/.cache").expanduser()
+    return root / "cil" / (name.replace("/", "_").replace(":", "_") + ".npz")
+
+
+def _hide_gpus_from_tensorflow() -> None:
+    """TensorFlow would grab the accelerator's memory that JAX needs: give it none."""
+    if importlib.util.find_spec("tensorflow") is None:
+        return  # TFDS will say so if it needs it
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already initialised its devices
+        pass
+
+
+def _read_split(tfds, builder, split: str, image_key: str, label_key: str):
+    try:
+        source = builder.as_data_source(split=split)
+    except NotImplementedError:  # prepared as tfrecord: only tf.data reads it
+        if importlib.util.find_spec("tensorflow") is None:
+            raise DataError(f"{builder.data_dir} holds {builder.name} as tfrecord, which needs "
+                            f"TensorFlow to read: {_TENSORFLOW_HINT}") from None
+        _hide_gpus_from_tensorflow()
+        arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+        return arrays[image_key], arrays[label_key]
+    images = np.empty((len(source), *builder.info.features[image_key].shape), np.uint8)
+    labels = np.empty(len(source), np.int64)
+    for start in range(0, len(source), _READ_BATCH):
+        keys = list(range(start, min(start + _READ_BATCH, len(source))))
+        for i, record in zip(keys, source.__getitems__(keys)):
+            images[i], labels[i] = record[image_key], record[label_key]
+    return images, labels
+
+
+def load_tfds(config, name: str | None = None) -> Dataset:
+    """A TFDS image-classification dataset (``tfds:<name>`` or a catalog name), both splits."""
+    name = name or config.name.removeprefix(TFDS_PREFIX)
+    data_dir = config.get("data_dir")
+    cache = _cache_path(name, data_dir)
+    if cache.is_file():
+        with np.load(cache) as arrays:
+            return Dataset(config.name, *(arrays[f"{s}_{k}"] for s in SPLITS
+                                          for k in ("images", "labels")),
+                           tuple(str(c) for c in arrays["class_names"]))
+
+    tfds = _import_tfds()
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except (ValueError, AssertionError) as error:  # unknown name (DatasetNotFoundError), version, config
+        raise ConfigError(f"TFDS cannot build '{name}': {str(error).splitlines()[0]}") from None
+    if not builder.is_prepared():
+        if not config.get("download", False):
+            raise DataError(f"TFDS dataset {name} is not prepared in {builder.data_dir}; set "
+                            f"download=True (needs network and {_TENSORFLOW_HINT}) or set "
+                            f"data_dir to a folder holding a prepared copy")
+        _hide_gpus_from_tensorflow()
+        try:
+            builder.download_and_prepare(file_format="array_record")
+        except ModuleNotFoundError as error:
+            if error.name != "tensorflow":
+                raise
+            raise DataError(f"TFDS needs TensorFlow to prepare {name}: "
+                            f"{_TENSORFLOW_HINT}") from None
+
+    if not builder.info.supervised_keys:
+        raise ConfigError(f"TFDS dataset {name} has no (image, label) supervised keys; "
+                          f"choose an image-classification dataset")
+    image_key, label_key = builder.info.supervised_keys
+    features = builder.info.features
+    if not isinstance(features[image_key], tfds.features.Image) or None in features[image_key].shape:
+        raise ConfigError(f"TFDS dataset {name}: '{image_key}' is not an image of fixed size "
+                          f"({features[image_key]!r}); choose another dataset")
+    splits = list(builder.info.splits)  # empty under tfds.testing.mock_data
+    if splits and not set(SPLITS) <= set(splits):
+        raise DataError(f"TFDS dataset {name} has splits {splits}, not train and test")
+    arrays = []
+    for split in SPLITS:
+        images, labels = _read_split(tfds, builder, split, image_key, label_key)
+        arrays += [np.asarray(images, np.uint8), np.asarray(labels, np.int32)]
+    dataset = Dataset(config.name, *arrays, tuple(features[label_key].names))
+    validate(dataset)  # never cache a dataset that cannot be used
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.partial")
+    with open(partial, "wb") as f:  # write then rename: a crash leaves no half-written cache
+        np.savez(f, class_names=np.array(dataset.class_names),
+                 **{f"{s}_{k}": getattr(dataset, f"{s}_{k}") for s in SPLITS
+                    for k in ("images", "labels")})
+    os.replace(partial, cache)
+    return dataset
+
+
+# --- Dispatch -----------------------------------------------------------------------------------
+
 _LOADERS = {
     "digits": lambda config: load_digits(),
+    "fashion_mnist": load_fashion_mnist,
+    "folder": load_folder,
 }
 
 
 def load(config: ml_collections.ConfigDict) -> Dataset:
     """Loads the source named by ``config.name`` and checks it (see ``validate``)."""
     loader = _LOADERS.get(config.name)
+    if loader is None and (config.name.startswith(TFDS_PREFIX) or _in_tfds_catalog(config.name)):
+        loader = load_tfds
     if loader is None:
         raise ConfigError(
-            f"unknown dataset '{config.name}'; choose one of: {', '.join(sorted(_LOADERS))}")
+            f"unknown dataset '{config.name}'; choose one of: {', '.join(sorted(_LOADERS))}, "
+            f"or a TFDS catalog name (tfds:<name>, e.g. cifar100)")
     dataset = loader(config)
     validate(dataset)
     return dataset
@@ -80,7 +396,7 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
 
 def validate(dataset: Dataset) -> None:
     """Raises DataError naming the problem if the dataset cannot feed a stream."""
-    for split in ("train", "test"):
+    for split in SPLITS:
         images = getattr(dataset, f"{split}_images")
         labels = getattr(dataset, f"{split}_labels")
         if images.dtype != np.uint8 or images.ndim != 4:

@@ -20,10 +20,15 @@ from cil.models.networks import Network, cnn, mlp, resnet18, resnet32
 _BUILDERS = {"mlp": mlp, "cnn": cnn, "resnet32": resnet32, "resnet18": resnet18}
 
 
-def build(config: ml_collections.ConfigDict, image_shape, num_classes: int, seed: int) -> Network:
-    builder = _BUILDERS.get(config.name)
-    if builder is None:
-        raise ConfigError(f"unknown model '{config.name}'; choose one of: {', '.join(_BUILDERS)}")
+def check_name(name: str) -> None:
+    if name not in _BUILDERS:
+        raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(_BUILDERS)}")
+
+
+def build(config: ml_collections.ConfigDict, image_shape, num_classes: int, seed) -> Network:
+    """The network ``config.name`` with ``config``'s other fields as options; ``seed``: int or key."""
+    check_name(config.name)
+    builder = _BUILDERS[config.name]
     options = {k: v for k, v in config.items() if k != "name"}
     try:
         return builder(tuple(image_shape), num_classes, rngs=nnx.Rngs(seed), **options)

@@ -1,0 +1,50 @@
+"""run.py from the shell: the default job works, and mistakes give one line, exit 2, no results."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=ROOT):
+    env = {**os.environ, "CIL_HOST_DEVICES": "2"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_smoke_run_prints_progress_and_a_table(tmp_path):
+    result = run_cli("--config=configs/digits.py:smoke", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("task 5/5") == 2  # finetune and joint
+    assert "| finetune | 1 |" in result.stdout and "| joint | 1 |" in result.stdout
+    assert (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.dataset.name=digitz"], "unknown dataset 'digitz'"),
+    (["--config.strategies=('finetune','replai')"], "unknown strategy 'replai'"),
+    (["--config.stream.class_order=(0,1,2)"], "not a permutation"),
+    (["--config.stream.increment=3"], "does not fit 10 classes"),
+    (["--config.trian.epochs=2"], "unknown config key 'trian'"),
+    (["--config.train.epochz=2"], "unknown config key 'epochz'"),
+    (["--config.model.name=mpl"], "unknown model 'mpl'"),
+    (["--config.train.batch_size=33"], "multiple of the 2 devices"),
+])
+def test_mistakes_give_one_line_and_no_results(tmp_path, args, message):
+    result = run_cli("--config=configs/digits.py:smoke", *args, f"--workdir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_unknown_config_argument_and_missing_file(tmp_path):
+    for config, message in [("configs/digits.py:smok", "unknown config argument 'smok'"),
+                            ("configs/nope.py", "No such file")]:
+        result = run_cli(f"--config={config}", f"--workdir={tmp_path}")
+        assert result.returncode == 2 and message in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr

@@ -1,0 +1,55 @@
+"""Networks: shapes, staged features, and one real training step for each (ResNets included)."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from cil import models, parallel
+from cil.errors import ConfigError
+from cil.training import Trainer
+
+CASES = [("mlp", (8, 8, 1)), ("cnn", (28, 28, 1)), ("resnet32", (32, 32, 3)), ("resnet18", (32, 32, 3))]
+
+
+@pytest.mark.parametrize("name, shape", CASES)
+def test_shapes_and_staged_features(name, shape):
+    net = models.build(ml_collections.ConfigDict({"name": name}), shape, 7, seed=0)
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, *shape)), jnp.uint8)
+    assert net(images).shape == (2, 7)
+    k = len(net.stages) // 2
+    split = net.features(net.features(images, stop=k), start=k)
+    np.testing.assert_allclose(split, net.features(images), rtol=1e-5, atol=1e-5)
+
+
+def test_resnet32_has_31_conv_layers_and_a_head():
+    net = models.build(ml_collections.ConfigDict({"name": "resnet32"}), (32, 32, 3), 100, seed=0)
+    convs = [m for _, m in nnx.iter_graph(net) if isinstance(m, nnx.Conv) and m.kernel_size == (3, 3)]
+    assert len(convs) == 31  # stem + 3 stages x 5 blocks x 2: with the head, 32 weighted layers
+
+
+@pytest.mark.parametrize("name, shape", CASES)
+def test_one_training_step_lowers_the_loss_on_its_batch(name, shape):
+    net = models.build(ml_collections.ConfigDict({"name": name}), shape, 4, seed=0)
+    graphdef, params, model_state = nnx.split(net, nnx.Param, ...)
+    train = ml_collections.ConfigDict({"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.0,
+                                       "weight_decay": 0.0, "batch_size": 8})
+    trainer = Trainer(graphdef, train, parallel.data_mesh(), capacity=8)
+    rng = np.random.default_rng(0)
+    data = trainer.put(rng.integers(0, 256, (8, *shape)).astype(np.uint8),
+                       np.arange(8, dtype=np.int32) % 4)
+    state = trainer.init(params, model_state)
+    losses = []
+    for _ in range(3):
+        state, loss = trainer.epoch(state, data, jax.random.key(0), num_seen=4)
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_unknown_model_or_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown model 'mpl'"):
+        models.build(ml_collections.ConfigDict({"name": "mpl"}), (8, 8, 1), 2, seed=0)
+    with pytest.raises(ConfigError, match="model 'mlp'"):
+        models.build(ml_collections.ConfigDict({"name": "mlp", "hiden": (3,)}), (8, 8, 1), 2, seed=0)

@@ -6,7 +6,7 @@
     ds.class_names          # ('0', '1', ..., '9')
 
     sources.load(ConfigDict({"name": "fashion_mnist"}))        # Debian's IDX files, offline
-    sources.load(ConfigDict({"name": "folder", "path": "/data/pets"}))   # pets/{train,test}/<class>/
+    sources.load(ConfigDict({"name": "folder", "path": "/data/pets"}))  # {train,test}/<class>/
     sources.load(ConfigDict({"name": "cifar100", "data_dir": "/data/tfds", "download": False}))
 
 ``config`` fields: ``name``; ``data_dir`` (TFDS data_dir, also where TFDS splits are cached as
@@ -35,6 +35,7 @@ import importlib.util
 import os
 import pathlib
 import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import ml_collections
@@ -91,18 +92,18 @@ def load_digits() -> Dataset:
 # --- Fashion-MNIST from IDX files ---------------------------------------------------------------
 #
 # Route: parse the IDX files with NumPy and put the examples in the order TFDS writes them.
-# TFDS's own builder cannot run here: `fashion_mnist` reads its files through tf.io.gfile,
-# encodes every image to PNG with tf.image and serialises tf.train.Example protos, so preparing
-# it needs TensorFlow (+1.4 GB, 3.7 s import), and its checksums reject Debian's files as they
-# are (the deflate streams are upstream's, only the gzip header differs). What the builder does
-# is simple enough to copy exactly: `_generate_examples` takes the bytes after the 16/8-byte IDX
-# headers in file order and yields them under the key `index`; the writer then sorts a split's
-# examples by md5(split name + str(key)) (tensorflow_datasets/core/hashing.py and shuffle.py),
-# and readers return that order. The PNG round trip is lossless, so the same bytes in that order
-# are TFDS's canonical `fashion_mnist` 3.0.1. tests/test_sources.py checks each link: the Debian
-# files with upstream's gzip header have the sha256s in TFDS's url_checksums; TFDS's Shuffler
-# gives our order; the arrays hash to those that TFDS + TensorFlow prepared from these bytes
-# (that full comparison reruns where TensorFlow is installed and CIL_TFDS_CANONICAL=1).
+# Why not TFDS's own builder: preparing `fashion_mnist` needs TensorFlow (it reads the files with
+# tf.io.gfile, encodes each image with tf.image.encode_png, serialises tf.train.Example protos:
+# +1.4 GB, 3.7 s to import), and its checksums reject Debian's files as they are (same deflate
+# streams as upstream, but a gzip header without upstream's file name and mtime). What the builder
+# does is simple to reproduce exactly: `_generate_examples` yields the bytes after the 16/8-byte
+# IDX headers in file order under the key `index`; TFDS's writer sorts a split by
+# md5(split name + str(key)) (tensorflow_datasets/core/hashing.py, shuffle.py) and readers keep
+# that order; PNG is lossless. So these arrays are TFDS's canonical `fashion_mnist` 3.0.1, which
+# tests/test_sources.py checks link by link: Debian's files given upstream's gzip header have the
+# sha256s in TFDS's url_checksums; TFDS's own Shuffler gives `tfds_order`; the arrays hash to
+# those TFDS + TensorFlow prepared from these files (rerun with tensorflow-cpu installed and
+# CIL_TFDS_CANONICAL=1, which runs the builder, checksums on, and compares every array).
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {  # split: (images, labels), upstream's names
@@ -118,7 +119,7 @@ def read_idx(path: pathlib.Path) -> np.ndarray:
     try:
         with gzip.open(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"cannot read {path}: {error}; reinstall or re-download the file")
     # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions,
     # then each dimension as a big-endian uint32.
@@ -252,11 +253,16 @@ def load_folder(config) -> Dataset:
 # Preparing a dataset (download=True) and reading one prepared as tfrecord need TensorFlow; a
 # dataset prepared as array_record (what download=True writes here) is read with
 # `tfds.data_source`, which does not. Each split is read once, in batches (about 80 us a record,
-# all of it decoding), and the arrays are cached as .npz so that later loads skip TFDS.
+# all of it decoding), and the arrays are cached in <data_dir or ~/.cache>/cil/<name>.npz so
+# that later loads skip TFDS. The cache is keyed by the name alone: delete it to read TFDS again.
 
 TFDS_PREFIX = "tfds:"
 _READ_BATCH = 1024
 _TENSORFLOW_HINT = "`pip install tensorflow-cpu`"
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [""])[0]
 
 
 def _import_tfds():
@@ -278,14 +284,18 @@ def _in_tfds_catalog(name: str) -> bool:
 
 
 def _cache_path(name: str, data_dir: str | None) -> pathlib.Path:
-    root = pathlib.Path(data_dir).expanduser() if data_dir else pathlib.Path("~/.cache").expanduser()
-    return root / "cil" / (name.replace("/", "_").replace(":", "_") + ".npz")
+    root = pathlib.Path(data_dir or "~/.cache").expanduser() / "cil"
+    return root / (name.replace("/", "_").replace(":", "_") + ".npz")
 
 
-def _hide_gpus_from_tensorflow() -> None:
-    """TensorFlow would grab the accelerator's memory that JAX needs: give it none."""
-    if importlib.util.find_spec("tensorflow") is None:
-        return  # TFDS will say so if it needs it
+def _tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None  # finds it without importing it
+
+
+def _import_tensorflow_without_gpus(why: str) -> None:
+    """Imports TensorFlow for TFDS with no GPU, which it would otherwise fill before JAX runs."""
+    if not _tensorflow_installed():
+        raise DataError(f"{why} needs TensorFlow: {_TENSORFLOW_HINT}")
     import tensorflow as tf
 
     try:
@@ -298,10 +308,7 @@ def _read_split(tfds, builder, split: str, image_key: str, label_key: str):
     try:
         source = builder.as_data_source(split=split)
     except NotImplementedError:  # prepared as tfrecord: only tf.data reads it
-        if importlib.util.find_spec("tensorflow") is None:
-            raise DataError(f"{builder.data_dir} holds {builder.name} as tfrecord, which needs "
-                            f"TensorFlow to read: {_TENSORFLOW_HINT}") from None
-        _hide_gpus_from_tensorflow()
+        _import_tensorflow_without_gpus(f"reading {builder.name} as tfrecord in {builder.data_dir}")
         arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
         return arrays[image_key], arrays[label_key]
     images = np.empty((len(source), *builder.info.features[image_key].shape), np.uint8)
@@ -327,30 +334,30 @@ def load_tfds(config, name: str | None = None) -> Dataset:
     tfds = _import_tfds()
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except (ValueError, AssertionError) as error:  # unknown name (DatasetNotFoundError), version, config
-        raise ConfigError(f"TFDS cannot build '{name}': {str(error).splitlines()[0]}") from None
+    except (ValueError, AssertionError) as error:  # unknown name, version or config
+        raise ConfigError(f"TFDS cannot build '{name}': {_first_line(error)}") from None
     if not builder.is_prepared():
         if not config.get("download", False):
             raise DataError(f"TFDS dataset {name} is not prepared in {builder.data_dir}; set "
                             f"download=True (needs network and {_TENSORFLOW_HINT}) or set "
                             f"data_dir to a folder holding a prepared copy")
-        _hide_gpus_from_tensorflow()
+        # Checked first: without it TFDS would download everything, then fail to encode images.
+        _import_tensorflow_without_gpus(f"preparing TFDS dataset {name}")
         try:
             builder.download_and_prepare(file_format="array_record")
-        except ModuleNotFoundError as error:
-            if error.name != "tensorflow":
-                raise
-            raise DataError(f"TFDS needs TensorFlow to prepare {name}: "
-                            f"{_TENSORFLOW_HINT}") from None
+        except Exception as error:  # offline, disk full, ...: one line for run.py
+            raise DataError(f"TFDS could not download and prepare {name} in {builder.data_dir}: "
+                            f"{type(error).__name__}: {_first_line(error)}") from error
 
     if not builder.info.supervised_keys:
         raise ConfigError(f"TFDS dataset {name} has no (image, label) supervised keys; "
                           f"choose an image-classification dataset")
     image_key, label_key = builder.info.supervised_keys
     features = builder.info.features
-    if not isinstance(features[image_key], tfds.features.Image) or None in features[image_key].shape:
+    image = features[image_key]
+    if not isinstance(image, tfds.features.Image) or None in image.shape:
         raise ConfigError(f"TFDS dataset {name}: '{image_key}' is not an image of fixed size "
-                          f"({features[image_key]!r}); choose another dataset")
+                          f"({image!r}); choose another dataset")
     splits = list(builder.info.splits)  # empty under tfds.testing.mock_data
     if splits and not set(SPLITS) <= set(splits):
         raise DataError(f"TFDS dataset {name} has splits {splits}, not train and test")

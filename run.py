@@ -3,10 +3,13 @@
     python run.py                                               # Split-Digits, finetune + joint
     python run.py --config=configs/fashion_mnist.py:smoke --workdir=/tmp/fm
     python run.py --config=configs/digits.py --config.train.epochs=3 --config.seeds='(0,)'
+    python run.py --config=configs/pretrain_fmnist.py --workdir=workdir/encoders/fmnist_b4_cnn
+    python run.py --config=configs/sweep_digits.py --workdir=/tmp/s/0 --shard_index=0 --num_shards=2
 
 Intentionally short: the work happens in cil.experiment; errors a user can fix print one line.
 """
 
+import logging
 import sys
 
 from cil import parallel
@@ -16,12 +19,17 @@ parallel.use_host_devices()  # before JAX starts: XLA:CPU gets one device per co
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cil import experiment, tables  # noqa: E402
+from cil import pretrain, sweep, tables  # noqa: E402
 from cil.errors import CilError  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/digits.py", "Benchmark config file[:arg].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "workdir/default", "Where results, config and checkpoints go.")
+flags.DEFINE_integer("shard_index", 0, "Run only this shard of the config's grid (cil/sweep.py).")
+flags.DEFINE_integer("num_shards", 1, "Split the grid into this many shards, one per machine or job.")
+flags.FLAGS.set_default("verbosity", -1)  # warnings and up; progress lines go to stdout
+# JAX reports at INFO each accelerator plugin it did not find; that is noise on a CPU machine.
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def fail(error) -> None:
@@ -57,7 +65,11 @@ def parse_flags(argv):
 def main(argv):
     del argv
     try:
-        experiment.run_experiment(flags.FLAGS.config, flags.FLAGS.workdir)
+        if "pretrain" in flags.FLAGS.config:  # a pretraining config: train and save an encoder
+            pretrain.run_pretrain(flags.FLAGS.config, flags.FLAGS.workdir)
+            return
+        sweep.run_grid(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.shard_index,
+                       flags.FLAGS.num_shards)
         print(tables.markdown_table(tables.load(flags.FLAGS.workdir)))
     except CilError as e:
         fail(e)

@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cil import evaluation
+from cil import evaluation, models, parallel
 from cil.data import sources, stream as streams
 from cil.errors import ConfigError
 from cil.results import ResultsWriter, stable_hash
@@ -35,6 +35,8 @@ REQUIRED_SECTIONS = ("dataset", "stream", "model", "train", "memory", "strategie
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Every top-level key must be a known section or a strategy's own section."""
+    if "sweep" in config:  # cil/sweep.py expands a grid into plain configs before they get here
+        raise ConfigError("config.sweep declares a grid; run it with run.py (cil.sweep.run_grid)")
     known = set(REQUIRED_SECTIONS) | set(available_strategies())
     unknown = sorted(set(config.keys()) - known)
     if unknown:
@@ -48,6 +50,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                           + ", ".join(available_strategies()))
     for name in config.strategies:
         strategy_config(name, config)  # unknown strategy or strategy key: fail before any work
+    models.check_name(config.model.name)
+    parallel.check_divisible(config.train.batch_size, parallel.data_mesh())
 
 
 def build_stream(config) -> streams.Stream:
@@ -87,7 +91,9 @@ def device_description() -> dict:
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str,
-                   progress: Callable[[str], None] = print) -> list[dict]:
+                   progress: Callable[[str], None] = print,
+                   runs: list[tuple[str, int]] | None = None) -> list[dict]:
+    """Every (strategy, seed) of ``config``, or only the pairs in ``runs`` (one shard of a grid)."""
     validate_config(config)
     stream = build_stream(config)
     spec = stream_spec(stream, config.memory)
@@ -100,9 +106,12 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
              f"{len(jax.devices())} {jax.devices()[0].platform} device(s)")
     summaries = []
     for name in config.strategies:
+        seeds = [s for s in config.seeds if runs is None or (name, s) in runs]
+        if not seeds:
+            continue
         strategy = load_strategy(name, config)
         settings = run_config(name, config)
-        for seed in config.seeds:
+        for seed in seeds:
             run_id = stable_hash({"stream": identity, "config": settings, "seed": seed})
             if writer.is_complete(run_id):
                 progress(f"[{name} seed {seed}] already in {workdir}, skipped")
@@ -128,12 +137,15 @@ class RunLoop:
         init_key, tasks_key = jax.random.split(jax.random.key(self.header["seed"]))
         with Stopwatch() as init_watch:
             state = self.strategy.init(init_key, self.spec)
-        progress = {"attempt": uuid.uuid4().hex[:8], "next_task": 0, "rows": [], "A": [],
-                    "tasks": [], "init_compile_seconds": init_watch.compile_seconds}
+        progress = {"next_task": 0, "rows": [], "A": [], "tasks": [], "attempts": [],
+                    "init_compile_seconds": init_watch.compile_seconds}
         saved = self._load_checkpoint()
         if saved is not None:
             progress, state = saved["progress"], saved["state"]
             self.progress(f"{self.tag} resuming at task {progress['next_task']}")
+        # Each invocation is an attempt: task lines name theirs; the summary lists all of them.
+        progress["attempt"] = uuid.uuid4().hex[:8]
+        progress["attempts"].append(progress["attempt"])
         for t in range(progress["next_task"], self.stream.num_tasks):
             state, record = self._task(state, t, jax.random.fold_in(tasks_key, t), progress)
             progress["rows"].append(record["acc_row"])
@@ -185,7 +197,7 @@ class RunLoop:
         trained = sum(r["trained_examples"] for r in tasks)
         memory_by_category = {k: max(r["memory"][k] for r in tasks) for k in tasks[0]["memory"]}
         return {
-            "kind": "summary", **self.header, "attempt": progress["attempt"],
+            "kind": "summary", **self.header, "attempts": progress["attempts"],
             "acc_matrix": progress["rows"], "A": progress["A"],
             **evaluation.summary_metrics(progress["rows"], progress["A"]),
             "memory_bytes": max(r["charged_bytes"] for r in tasks),

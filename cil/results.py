@@ -8,8 +8,9 @@
 
 A line is written with one ``write`` of the whole encoded line and flushed to disk; a line cut
 short by a crash is removed the next time the file is opened, so readers never see half a line.
-A run without a summary line is incomplete: rerunning the same command runs it again, and task
-lines of an earlier, interrupted attempt are told apart by their ``attempt`` field.
+A run without a summary line is incomplete: rerunning the same command resumes it from its last
+checkpoint. Each invocation is an ``attempt``: task lines carry theirs, the summary lists them all,
+so a task line of an interrupted attempt that was later redone can be told apart.
 """
 
 from __future__ import annotations

@@ -136,15 +136,18 @@ class Trainer:
         self.optimizer = make_optimizer(train)
         self.loss = loss
         self.feature_batch_size = feature_batch_size
+        self._init = jax.jit(self._init_impl, out_shardings=NamedSharding(mesh, P()))
         self._epoch = jax.jit(self._epoch_impl, donate_argnums=0)
         self._logits = jax.jit(self._logits_impl)
         self._features = jax.jit(self._features_impl)
 
     def init(self, params, model_state) -> dict:
-        """A training state with a fresh optimiser state; copies, so the inputs survive donation."""
-        net = {"params": params, "model_state": model_state,
-               "opt_state": self.optimizer.init(params)}
-        return jax.device_put(net, NamedSharding(self.mesh, P()), may_alias=False)
+        """A training state with a fresh optimiser state, replicated on the mesh.
+
+        Its arrays are copies, so ``params`` and ``model_state`` survive the epochs' donation (an
+        old network kept as a teacher, a branch cloned from a base). ``device_put`` may alias.
+        """
+        return self._init(params, model_state)
 
     def put(self, images: np.ndarray, labels: np.ndarray) -> DeviceData:
         n = len(images)
@@ -193,6 +196,11 @@ class Trainer:
 
     def _model(self, net):
         return nnx.merge(self.graphdef, net["params"], net["model_state"], copy=True)
+
+    def _init_impl(self, params, model_state):
+        params, model_state = jax.tree.map(jnp.copy, (params, model_state))
+        return {"params": params, "model_state": model_state,
+                "opt_state": self.optimizer.init(params)}
 
     def _logits_impl(self, net, images):
         return self._model(net)(images, train=False)

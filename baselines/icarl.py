@@ -1,0 +1,120 @@
+"""iCaRL (Rebuffi et al. 2017): herding exemplars, distillation on old classes, nearest mean of exemplars.
+
+    config.strategies = ("icarl",)
+    config.memory.exemplars = 2000      # or memory.budget_bytes (exemplars = what the model leaves)
+    config.icarl = ConfigDict({"temperature": 2.0, "classifier": "nme"})
+
+Per task, as in the paper and in the CIL survey's implementation (Zhou et al., PyCIL, whose figures
+PROTOCOL.md reproduces):
+1. train on the task's data together with the exemplars (one shuffled set, not separate batches),
+   with cross-entropy over the classes seen so far plus knowledge distillation (temperature 2,
+   weight 1) from the network as it was before the task, on the old classes;
+2. reduce each old class's exemplars to its new share and add the new classes' by herding on the
+   L2-normalised features of the trained network (cil/memory.py, class-balanced);
+3. the class means of the exemplars' normalised features (normalised again) classify a test image
+   by the nearest mean (``classifier="nme"``), or the network's own head does (``"logits"``,
+   the survey's iCaRL-CNN).
+
+The class means are side state: num_classes x feature_dim float32, charged against the budget.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from baselines.replay import Replay
+from cil import parallel
+from cil.errors import ConfigError
+from cil.strategy import Learned, StreamSpec
+from cil.training import Distillation
+
+CLASSIFIERS = ("nme", "logits")
+
+
+def normalize(x):
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@functools.partial(jax.jit, static_argnames="num_classes")
+def class_means(features, labels, size, num_classes: int):
+    """Normalised mean of the normalised features of slots [0, size), per class (zeros if none)."""
+    valid = jnp.arange(features.shape[0]) < size
+    segments = jnp.where(valid, labels.astype(jnp.int32), num_classes)
+    sums = jax.ops.segment_sum(normalize(features), segments, num_classes + 1)[:num_classes]
+    return normalize(sums)
+
+
+@jax.jit
+def nearest_mean_scores(features, means):
+    """Minus the squared distance from each normalised feature vector to each class mean."""
+    f = normalize(features)
+    return 2.0 * f @ means.T - jnp.sum(f * f, -1, keepdims=True) - jnp.sum(means * means, -1)
+
+
+class ICaRL(Replay):
+    name = "icarl"
+
+    @classmethod
+    def default_config(cls):
+        return ml_collections.ConfigDict({
+            "exemplars": 2000,  # only when config.memory sets no budget (the paper's CIFAR figure)
+            "temperature": 2.0,  # distillation temperature (PyCIL)
+            "classifier": "nme",  # nme: nearest mean of exemplars; logits: the network's head
+        })
+
+    def selection(self):
+        return "herding", True
+
+    def feature_dim(self, spec: StreamSpec) -> int:
+        return self.abstract_network(spec).head.in_features
+
+    def side_bytes(self, spec):
+        return spec.num_classes * self.feature_dim(spec) * np.dtype(np.float32).itemsize
+
+    def capacity(self, spec):
+        """A task's data and every exemplar train together, as one set."""
+        return max(spec.train_sizes) + self.exemplar_memory.capacity
+
+    def init(self, key, spec):
+        if self.config.strategy.classifier not in CLASSIFIERS:
+            raise ConfigError(f"unknown icarl.classifier '{self.config.strategy.classifier}'; "
+                              f"choose one of: {', '.join(CLASSIFIERS)}")
+        state = super().init(key, spec)
+        means = jnp.zeros((spec.num_classes, self.feature_dim(spec)), jnp.float32)
+        return {**state, "means": parallel.replicate(self._trainer.mesh, means)}
+
+    def learn(self, state, task, key):
+        fit_key, memory_key = jax.random.split(key)
+        trainer = self._trainer
+        buffer = jax.device_get(state["buffer"])
+        kept = int(buffer.size)
+        # The task's examples first: the memory update offers it the first len(task) of them.
+        images = np.concatenate([task.images, buffer.images[:kept]])
+        labels = np.concatenate([task.labels, buffer.labels[:kept].astype(np.int32)])
+        data = trainer.put(images, labels)
+        num_old = task.classes[0]
+        distill = None
+        if num_old:
+            distill = Distillation(state["net"], jnp.int32(num_old),
+                                   temperature=self.config.strategy.temperature)
+        net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
+                                   self.config.train.epochs, distill=distill)
+        task_data = data._replace(size=jnp.int32(len(task.images)))
+        buffer = self.update_memory(state["buffer"], net, task_data, memory_key)
+        means = class_means(trainer.features(net, buffer.images), buffer.labels, buffer.size,
+                            self.spec.num_classes)
+        return Learned({"net": net, "buffer": buffer, "means": means}, trained)
+
+    def predict(self, state, images):
+        if self.config.strategy.classifier == "logits":
+            return super().predict(state, images)
+        return nearest_mean_scores(self._trainer.features(state["net"], images), state["means"])
+
+    def memory(self, state):
+        report = super().memory(state)
+        return report._replace(side_state=report.side_state + int(state["means"].nbytes))

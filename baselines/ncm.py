@@ -1,0 +1,180 @@
+"""NCM with augmentation voting (TILDA): a frozen encoder, running means in subspaces, majority votes.
+
+    config.strategies = ("ncm",)
+    config.ncm = ConfigDict({"encoder": {"checkpoint": "workdir/encoders/fmnist_b4_cnn"},
+                             "subspaces": 8, "anchors": 1, "train_views": 5, "test_views": 5})
+
+TILDA (Boukli Hacene, Gripon, Farrugia, Arzel, Jezequel, "Transfer Incremental Learning using Data
+Augmentation", Applied Sciences 8(12) 2512, 2018) learns classes with no gradient and no stored
+example:
+- a frozen pretrained network maps an image to a feature vector x of dimension d
+  (``encoder``: see cil/encoders.py; it is reported as ``encoder_params``, never trained);
+- x is cut into P = ``subspaces`` consecutive sub-vectors of d/P coordinates (zero-padded up to a
+  multiple of P: padded coordinates add nothing to any distance);
+- each class keeps, per subspace, k = ``anchors`` anchor vectors. An example of class c is learned
+  in O(d): in each subspace its sub-vector joins the nearest of c's k anchors (the first k examples
+  of a class seed them, one each), and that anchor becomes the running mean of its members;
+- training-time augmentation: each training image is learned as ``train_views`` views (view 0 the
+  image itself, the others random crops of the zero-padded image and, where it makes sense for the
+  dataset, horizontal flips: cil/data/augment.py);
+- prediction: each of ``test_views`` views of a test image and each subspace casts one vote, for the
+  class of its nearest anchor among all anchors of all classes seen so far; the class with most
+  votes wins. ``predict`` returns the vote counts (a class never seen has no anchor, so no votes).
+
+Choices the paper leaves open, as config fields (defaults in ``default_config``):
+- ``tie_break``: "distance" (default) adds to each class's votes 0.5 / (1 + its mean distance, over
+  views and subspaces, to its nearest anchor): always less than one vote, so it only orders classes
+  that tie on votes, the nearest first. "lowest_label": no bonus; the evaluator's arg-max then
+  picks the tied class learned first.
+- The anchors are kept as sums and counts (means = sums / counts), so with k = 1 learning a task is a
+  scatter-add of its features: the same class means as one-at-a-time running means, up to float
+  rounding, in any order. With k > 1 the assignment to the nearest anchor is online k-means
+  (MacQueen): one example at a time, in the order given (examples in stream order, each example's
+  views together), so it depends on that order by nature.
+- Test-time views use a key fixed at ``init`` and kept in the state (8 bytes, regenerated from the
+  seed, not charged), so ``predict`` is deterministic given the state. Views are keyed by an image's
+  pixels, not its position, so a test image's prediction does not depend on its batch.
+
+P = 1, k = 1, one view of each is the plain nearest-class-mean classifier on the encoder's features.
+Memory charged (``side_state``): the anchor sums (C x P x k x d/P float32) and counts (C x P x k
+int32), allocated for all C classes at ``init``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cil import encoders, parallel
+from cil.data import augment
+from cil.errors import ConfigError
+from cil.strategy import Learned, MemoryReport, Strategy, pytree_bytes
+
+TIE_BREAKS = ("distance", "lowest_label")
+
+
+class NCM(Strategy):
+    name = "ncm"
+
+    @classmethod
+    def default_config(cls):
+        return ml_collections.ConfigDict({
+            "encoder": encoders.encoder_config(),
+            "subspaces": 8,  # P: the feature vector is cut into P sub-vectors, each votes
+            "anchors": 1,  # k: anchor vectors per class and subspace (1: class means)
+            "train_views": 5,  # views learned per training image (1: no augmentation)
+            "test_views": 5,  # views voting per test image (1: no test-time voting)
+            "augment": augment.default_config(),
+            "tie_break": "distance",  # or "lowest_label" (see the module docstring)
+        })
+
+    def __init__(self, config):
+        super().__init__(config)
+        cfg = config.strategy
+        for field in ("subspaces", "anchors", "train_views", "test_views"):
+            if int(cfg[field]) < 1:
+                raise ConfigError(f"ncm.{field}={cfg[field]}; it must be at least 1")
+        if cfg.tie_break not in TIE_BREAKS:
+            raise ConfigError(f"ncm.tie_break='{cfg.tie_break}'; choose one of {', '.join(TIE_BREAKS)}")
+        self._built_for = None
+
+    def _build(self, spec) -> None:
+        """Loads the encoder and compiles learn/predict, once per stream (reused across seeds)."""
+        if self._built_for == spec:
+            return
+        cfg = self.config.strategy
+        self.encoder = encoders.encoder_from_config(cfg.encoder, spec.image_shape)
+        self.augment = augment.resolve(cfg.augment, spec.dataset_name)
+        self.num_subspaces, self.num_anchors = int(cfg.subspaces), int(cfg.anchors)
+        self.sub_dim = -(-self.encoder.feature_dim // self.num_subspaces)
+        self.image_capacity = -(-max(spec.train_sizes) // self.encoder.batch_size) * self.encoder.batch_size
+        self.mesh = self.encoder.mesh
+        self._update = jax.jit(self._update_impl)
+        self._predict = jax.jit(self._predict_impl)
+        self._built_for = spec
+
+    def init(self, key, spec):
+        self._build(spec)
+        shape = (spec.num_classes, self.num_subspaces, self.num_anchors)
+        state = {"sums": jnp.zeros((*shape, self.sub_dim), jnp.float32),
+                 "counts": jnp.zeros(shape, jnp.int32),
+                 "test_key": jax.random.key_data(jax.random.fold_in(key, 1))}
+        return parallel.replicate(self.mesh, state)
+
+    def split(self, features):
+        """(..., d) features -> (..., P, d/P) sub-vectors, zero-padded to a multiple of P."""
+        pad = self.num_subspaces * self.sub_dim - features.shape[-1]
+        features = jnp.pad(features, [(0, 0)] * (features.ndim - 1) + [(0, pad)])
+        return features.reshape(*features.shape[:-1], self.num_subspaces, self.sub_dim)
+
+    def learn(self, state, task, key):
+        views = int(self.config.strategy.train_views)
+        # Fixed shapes (images padded to the largest task): one compiled extraction and update.
+        images = np.zeros((self.image_capacity, *task.images.shape[1:]), task.images.dtype)
+        images[: len(task.images)] = task.images
+        labels = np.zeros(self.image_capacity, np.int32)
+        labels[: len(task.labels)] = task.labels
+        features = encoders.extract_features(self.encoder, images, key, views, self.augment)
+        # Arrival order: example by example, each example's views together; padding comes last.
+        features = jnp.swapaxes(features, 0, 1).reshape(-1, self.encoder.feature_dim)
+        size = len(task.labels) * views
+        sums, counts = self._update(state["sums"], state["counts"], features,
+                                    np.repeat(labels, views), jnp.int32(size))
+        return Learned({**state, "sums": sums, "counts": counts}, size)
+
+    def _update_impl(self, sums, counts, features, labels, size):
+        """Adds the first ``size`` (feature, label) pairs to their class's anchors, in order."""
+        x = self.split(features)  # (M, P, s)
+        subspace = jnp.arange(self.num_subspaces)
+        if self.num_anchors == 1:  # every example joins its class's only anchor: a scatter-add
+            real = (jnp.arange(len(labels)) < size)
+            sums = sums.at[labels, :, 0].add(x * real[:, None, None])
+            counts = counts.at[labels, :, 0].add(real.astype(jnp.int32)[:, None])
+            return sums, counts
+
+        def learn_one(i, carry):  # online k-means step for one example: O(k d)
+            sums, counts = carry
+            y, xi = labels[i], x[i]
+            class_counts = counts[y]  # (P, k)
+            means = sums[y] / jnp.maximum(class_counts, 1)[..., None]
+            distances = jnp.sum((means - xi[:, None, :]) ** 2, axis=-1)
+            empty = class_counts == 0
+            nearest = jnp.where(empty.any(axis=1), jnp.argmax(empty, axis=1),
+                                jnp.argmin(distances, axis=1))  # seed empty anchors first
+            sums = sums.at[y, subspace, nearest].add(xi)
+            counts = counts.at[y, subspace, nearest].add(1)
+            return sums, counts
+
+        return jax.lax.fori_loop(0, size, learn_one, (sums, counts))
+
+    def predict(self, state, images):
+        return self._predict(self.encoder.weights, state["sums"], state["counts"],
+                             state["test_key"], images)
+
+    def _predict_impl(self, weights, sums, counts, key_data, images):
+        key = jax.random.wrap_key_data(key_data)
+        if images.shape[0] % self.mesh.size == 0:  # split the batch over the devices when it can
+            images = parallel.shard_batch(self.mesh, images)
+        views = int(self.config.strategy.test_views)
+        features = encoders.view_features(self.encoder, weights, images, key, views, self.augment)
+        x = self.split(features)  # (V, n, P, s)
+        num_classes = sums.shape[0]
+        means = sums / jnp.maximum(counts, 1)[..., None]  # (C, P, k, s)
+        squared = (jnp.sum(x ** 2, -1)[..., None, None]  # (V, n, P, 1, 1)
+                   - 2 * jnp.einsum("vnps,cpks->vnpck", x, means)
+                   + jnp.einsum("cpks,cpks->pck", means, means))
+        squared = jnp.where(jnp.moveaxis(counts > 0, 0, 1), squared, jnp.inf)  # (V, n, P, C, k)
+        to_class = jnp.min(squared, axis=-1)  # each class's nearest anchor: (V, n, P, C)
+        winner = jnp.argmin(to_class, axis=-1)
+        voted = jnp.isfinite(jnp.min(to_class, axis=-1))  # no anchor at all: no vote
+        votes = jnp.sum(jax.nn.one_hot(winner, num_classes) * voted[..., None], axis=(0, 2))
+        if self.config.strategy.tie_break == "lowest_label":
+            return votes
+        distance = jnp.mean(jnp.sqrt(jnp.maximum(to_class, 0.0)), axis=(0, 2))  # (n, C)
+        return votes + 0.5 / (1.0 + distance)  # inf distance (never seen): bonus 0
+
+    def memory(self, state):
+        return MemoryReport(side_state=pytree_bytes((state["sums"], state["counts"])),
+                            encoder_params=self.encoder.num_bytes)

@@ -1,0 +1,102 @@
+"""Replay (experience replay): finetune, with every step also training on a batch of exemplars.
+
+    config.strategies = ("replay",)
+    config.memory.exemplars = 1000      # or memory.budget_bytes: exemplars = what the model leaves
+    config.replay = ConfigDict({"memory_batch_size": 128, "selection": "random",
+                                "class_balanced": True})
+
+Each training step draws ``train.batch_size`` examples of the task and ``memory_batch_size``
+exemplars, gathered from the buffer inside the compiled step (cil/training.py); after the task the
+buffer takes in the task's data by its selection policy (cil/memory.py). The first task, with the
+buffer empty, trains on new data alone. ``trained_examples`` counts the exemplars trained on too.
+
+The buffer's size is the run's budget: ``memory.exemplars``, or with ``memory.budget_bytes`` the
+exemplars the budget leaves after the network's bytes (Zhou et al. 4.4); ``replay.exemplars``
+only when config.memory sets neither. Subclasses (icarl) reuse the buffer and its accounting.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+from flax import nnx
+
+from baselines.finetune import Finetune
+from cil import memory as exemplar_memory
+from cil import models, parallel
+from cil.strategy import Learned, StreamSpec, pytree_bytes
+from cil.training import DeviceData, MemoryBatches
+
+
+class Replay(Finetune):
+    name = "replay"
+
+    @classmethod
+    def default_config(cls):
+        return ml_collections.ConfigDict({
+            "exemplars": 2000,  # only when config.memory sets no budget (Zhou et al.'s CIFAR figure)
+            "selection": "random",  # random | reservoir | herding (cil/memory.py)
+            "class_balanced": True,  # equal shares per class seen
+            # Exemplars per step, besides train.batch_size new examples; None: train.batch_size.
+            "memory_batch_size": ml_collections.config_dict.placeholder(int),
+        })
+
+    def selection(self) -> tuple[str, bool]:
+        """The memory's (selection, class_balanced)."""
+        return self.config.strategy.selection, self.config.strategy.class_balanced
+
+    def abstract_network(self, spec: StreamSpec):
+        """The network's shapes and dtypes, without computing its weights."""
+        return nnx.eval_shape(lambda: models.build(self.config.model, spec.image_shape,
+                                                   spec.num_classes, seed=0))
+
+    def network_bytes(self, spec: StreamSpec) -> int:
+        """Bytes ``memory`` charges for the network (params + model state), known before building."""
+        _, params, model_state = nnx.split(self.abstract_network(spec), nnx.Param, ...)
+        return pytree_bytes(params) + pytree_bytes(model_state)
+
+    def side_bytes(self, spec: StreamSpec) -> int:
+        """Bytes of side state besides the network and the buffer (none for replay)."""
+        return 0
+
+    def build_memory(self, spec: StreamSpec) -> exemplar_memory.ExemplarMemory:
+        """The exemplar memory, sized by the budget after every other byte this strategy keeps."""
+        other = self.network_bytes(spec) + self.side_bytes(spec) + exemplar_memory.COUNTER_BYTES
+        capacity = exemplar_memory.exemplar_capacity(
+            spec.budget, exemplar_memory.exemplar_bytes(spec.image_shape, spec.num_classes), other,
+            default=self.config.strategy.exemplars)
+        selection, class_balanced = self.selection()
+        return exemplar_memory.ExemplarMemory(capacity, spec.image_shape, spec.num_classes,
+                                              selection, class_balanced)
+
+    def init(self, key, spec):
+        self.exemplar_memory = self.build_memory(spec)
+        net = self.build_network(key, spec)
+        return {"net": net, "buffer": parallel.replicate(self._trainer.mesh, self.exemplar_memory.empty())}
+
+    def learn(self, state, task, key):
+        fit_key, memory_key = jax.random.split(key)
+        trainer = self._trainer
+        data = trainer.put(task.images, task.labels)
+        buffer = state["buffer"]
+        batches = None
+        if int(buffer.size):  # the first task has nothing to replay: no wasted, masked half-batch
+            batch_size = self.config.strategy.memory_batch_size or self.config.train.batch_size
+            batches = MemoryBatches(DeviceData(buffer.images, buffer.labels, buffer.size), batch_size)
+        net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
+                                   self.config.train.epochs, memory=batches)
+        buffer = self.update_memory(buffer, net, data, memory_key)
+        return Learned({**state, "net": net, "buffer": buffer}, trained)
+
+    def update_memory(self, buffer, net, data: DeviceData, key):
+        """The buffer after offering it the task's examples (the first ``data.size``)."""
+        features = None
+        if self.exemplar_memory.selection == "herding":
+            features = self._trainer.features(net, data.images)
+        return self.exemplar_memory.update(buffer, data.images, data.labels, data.size, key, features)
+
+    def memory(self, state):
+        network = super().memory(state)
+        buffer = self.exemplar_memory.report(state["buffer"])
+        return network._replace(exemplars=buffer.exemplars, num_exemplars=buffer.num_exemplars,
+                                side_state=network.side_state + buffer.side_state)

@@ -1,0 +1,204 @@
+"""Partial network sharing against its sharing point: accuracy, storage, training time, FLOPs.
+
+    python benchmarks/partial_sharing_sweep.py                          # every part, as in the .md
+    python benchmarks/partial_sharing_sweep.py --parts=fmnist_mlp --seeds=0 --epochs=1
+
+For each part (a stream and a network) it runs finetune and partial_sharing at every sharing point
+from "share nothing" (k = 0: each task's branch is a whole network cloned from the base) to "share
+all but the head" (k = number of stages), plus the merge and calibration variants the part lists,
+and prints one Markdown table (mean ± std over seeds): A_last, Ā and forgetting (PROTOCOL.md),
+A_last with the task id given (each test image scored only among its own task's classes: what a
+branch knows, apart from telling tasks apart), the bytes kept against one whole network per task,
+the parameters and FLOPs trained per later task, the measured training seconds per later task
+(compiles excluded) and the inference FLOPs per image. That is the paper's accuracy-against-sharing
+curve as a table, with its storage and time savings beside it.
+
+Each run is the run loop of cil/experiment.py done by hand (same keys, same evaluator functions,
+same Stopwatch), because the table needs what the results files cannot hold yet: the strategy's
+``task_stats(state)`` after every task, and the scores for the task-given accuracy.
+
+Parts:
+- ``fmnist_mlp``: Split-Fashion-MNIST B2-Inc2 (5 tasks), MLP 784-400-400 (2 stages).
+- ``fmnist_cnn``: the same stream with configs/partial_sharing_fmnist.py's CNN (3 stages).
+- ``synthetic32``: 32x32 RGB images made up here (there is no CIFAR on this machine; see
+  ``synthetic32``), 6 classes B2-Inc2, ResNet-32 (17 stages), tiny: its steps are slow on a CPU.
+
+FLOPs are XLA's cost analysis of the compiled computations (PartialSharing.accounting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cil import parallel  # noqa: E402
+
+parallel.use_host_devices()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cil import evaluation, experiment  # noqa: E402
+from cil.data import sources, stream as streams  # noqa: E402
+from cil.strategy import load_strategy  # noqa: E402
+from cil.timing import Stopwatch  # noqa: E402
+from configs.partial_sharing_fmnist import get_config as fmnist_config  # noqa: E402
+
+
+def synthetic32(num_classes=6, train_per_class=150, test_per_class=50, seed=0) -> sources.Dataset:
+    """Class c: a blocky random colour pattern of its own, shifted up to 4 pixels, plus noise."""
+    rng = np.random.default_rng(seed)
+    templates = np.kron(rng.normal(size=(num_classes, 4, 4, 3)), np.ones((1, 8, 8, 1)))
+
+    def split(per_class):
+        labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+        images = np.stack([np.roll(templates[c], tuple(rng.integers(-4, 5, size=2)), axis=(0, 1))
+                           for c in labels])
+        images = 128 + 45 * images + 50 * rng.normal(size=images.shape)
+        return np.clip(images, 0, 255).astype(np.uint8), labels
+
+    return sources.Dataset("synthetic32", *split(train_per_class), *split(test_per_class),
+                           tuple(f"pattern{c}" for c in range(num_classes)))
+
+
+def part(name: str, epochs: int | None):
+    """(config, stream, sharing points, variants) of one part of the sweep."""
+    config = fmnist_config()
+    if name == "synthetic32":
+        config.model = ml_collections.ConfigDict({"name": "resnet32"})
+        config.train.update({"learning_rate": 0.05, "batch_size": 32, "epochs": epochs or 3})
+        config.eval_batch_size = 100
+        stream = streams.make_stream(synthetic32(), 2, 2, explicit_order=list(range(6)))
+        return config, stream, (0, 6, 11, 16, 17), ()
+    model = {"name": "mlp", "hidden": (400, 400)} if name == "fmnist_mlp" else config.model.to_dict()
+    config.model = ml_collections.ConfigDict(model)
+    config.train.epochs = epochs or config.train.epochs
+    variants = (("k=1, logits", {"shared_stages": 1, "merge": "logits"}),
+                ("k=1, calibrated (20 per class)", {"shared_stages": 1, "calibration_per_class": 20}))
+    points = (0, 1, 2) if name == "fmnist_mlp" else (0, 1, 2, 3)
+    return config, experiment.build_stream(config), points, variants
+
+
+class WithinTask:
+    """A strategy's scores with every class outside one task masked: accuracy given the task id."""
+
+    def __init__(self, strategy, classes, num_classes: int):
+        self.strategy = strategy
+        self.mask = jnp.isin(jnp.arange(num_classes), jnp.asarray(classes))
+
+    def predict(self, state, images):
+        return jnp.where(self.mask, self.strategy.predict(state, images), -jnp.inf)
+
+
+def run(strategy, stream, spec, seed: int, batch_size: int) -> dict:
+    """One (strategy, seed) over the stream: keys and evaluation as cil.experiment.RunLoop."""
+    init_key, tasks_key = jax.random.split(jax.random.key(seed))
+    state = strategy.init(init_key, spec)
+    rows, A, tasks = [], [], []
+    for t in range(stream.num_tasks):
+        with Stopwatch() as watch:
+            learned = strategy.learn(state, stream.train_task(t), jax.random.fold_in(tasks_key, t))
+            state = jax.block_until_ready(learned.state)
+        test = stream.test_seen(t)
+        predictions = evaluation.predict_seen(strategy, state, test.images,
+                                              stream.seen_classes(t), batch_size)
+        row, A_t = evaluation.accuracy_row(predictions, test.labels, stream.tasks[: t + 1])
+        rows.append(row)
+        A.append(A_t)
+        tasks.append({"train_seconds": watch.seconds, "compile_seconds": watch.compile_seconds,
+                      "charged_bytes": strategy.memory(state).charged_bytes(),
+                      "stats": strategy.task_stats(state) if hasattr(strategy, "task_stats") else {}})
+    correct = 0
+    for span in stream.tasks:  # after the last task, each test image among its own task's classes
+        in_task = np.isin(test.labels, span.classes)
+        within = WithinTask(strategy, span.classes, stream.num_classes)
+        correct += np.sum(evaluation.predict_seen(within, state, test.images[in_task],
+                                                  stream.num_classes, batch_size)
+                          == test.labels[in_task])
+    return {**evaluation.summary_metrics(rows, A), "acc_matrix": rows, "tasks": tasks,
+            "task_given_last_acc": float(correct / len(test.labels))}
+
+
+def mean_std(values, scale=100.0) -> str:
+    values = np.asarray(values, float) * scale
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{values.mean():.1f} ± {std:.1f}"
+
+
+def table_row(part_name: str, label: str, runs: list[dict], stats: dict, finetune: bool) -> str:
+    """One line of the table; ``stats``: PartialSharing.task_stats after the last task."""
+    later = [t["train_seconds"] for r in runs for t in r["tasks"][1:]]
+    if finetune:
+        sharing, per_task_net = label, "-"
+        trained = stats["finetune_params_trained"]
+        flops = stats["finetune_train_flops_per_example_epoch"]
+        inference = stats["one_network_inference_flops_per_example"]
+    else:
+        sharing = (f"{label}: {stats['shared_stages']}/{stats['num_stages']} "
+                   f"({100 * stats['shared_fraction']:.0f} %)")
+        per_task_net = f"{stats['one_network_per_task_bytes'] / 1e6:.3f}"
+        trained = runs[0]["tasks"][1]["stats"]["params_trained"]
+        flops = runs[0]["tasks"][1]["stats"]["train_flops_per_example_epoch"]
+        inference = stats["inference_flops_per_example"]
+    kept = max(t["charged_bytes"] for r in runs for t in r["tasks"]) / 1e6
+    cells = [part_name, sharing, mean_std([r["last_acc"] for r in runs]),
+             mean_std([r["avg_inc_acc"] for r in runs]), mean_std([r["forgetting"] for r in runs]),
+             mean_std([r["task_given_last_acc"] for r in runs]), f"{kept:.3f}", per_task_net,
+             f"{trained:,}", f"{flops / 1e6:.2f}", f"{np.mean(later):.2f}",
+             f"{inference / 1e6:.2f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| part | sharing point k (share of params) | A_last (%) | Ā (%) | forgetting (%) "
+          "| A_last, task given (%) | kept (MB) | one net per task (MB) "
+          "| params trained per later task | train MFLOP/img/epoch, later task "
+          "| train s per later task | inference MFLOP/img |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="fmnist_mlp,fmnist_cnn,synthetic32")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="override every part's epochs")
+    parser.add_argument("--out", default=None, help="write every run's figures to this JSON file")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    lines, record = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)], {}
+    for name in args.parts.split(","):
+        started = time.time()
+        config, stream, points, variants = part(name, args.epochs)
+        spec = experiment.stream_spec(stream, config.memory)
+        settings = [("k=%d" % k, {"shared_stages": k}) for k in points] + list(variants)
+        ps_runs = {}
+        for label, section in [("finetune", None)] + settings:
+            cfg = ml_collections.ConfigDict(config.to_dict())
+            if section is not None:
+                cfg.partial_sharing = ml_collections.ConfigDict(section)
+            strategy = load_strategy("finetune" if section is None else "partial_sharing", cfg)
+            runs = [run(strategy, stream, spec, seed, config.eval_batch_size) for seed in seeds]
+            print(f"{name} {label}: A_last {np.mean([r['last_acc'] for r in runs]):.4f} "
+                  f"({time.time() - started:.0f} s)", flush=True)
+            ps_runs[label] = runs
+        for label, runs in ps_runs.items():
+            # Finetune's parameters and FLOPs are the finetune_* figures of any partial_sharing run.
+            stats = ps_runs["k=0" if label == "finetune" else label][0]["tasks"][-1]["stats"]
+            lines.append(table_row(name, label, runs, stats, label == "finetune"))
+        record[name] = ps_runs
+        print(f"{name}: {time.time() - started:.0f} s", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=1))
+    print(f"\n{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} cores, "
+          f"seeds {args.seeds}\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

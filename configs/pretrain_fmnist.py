@@ -1,0 +1,28 @@
+"""Pretrains the frozen encoder of the Fashion-MNIST NCM benchmark on the stream's base task only.
+
+    python run.py --config=configs/pretrain_fmnist.py --workdir=workdir/encoders/fmnist_b4_cnn
+    python run.py --config=configs/pretrain_fmnist.py:smoke --workdir=/tmp/fmnist_encoder
+
+Split-Fashion-MNIST B4-Inc2 with class order 0..9 (as configs/ncm_fmnist.py): the encoder sees the
+training images of task 0's four classes (T-shirt/top, Trouser, Pullover, Dress) and nothing else.
+The small CNN (conv 32, conv 64, global mean pool: 64 features), Adam lr 1e-3, batch 128, 5
+epochs (``smoke``: 1 epoch). It is saved to --workdir, which configs/ncm_fmnist.py names.
+"""
+
+from configs.common import base_config, check_arg
+from cil.pretrain import default_pretrain
+
+BASE_CLASSES, INCREMENT = 4, 2
+
+
+def get_config(arg: str | None = None):
+    arg = check_arg(arg, ("", "smoke"))
+    config = base_config("fashion_mnist", initial=BASE_CLASSES, increment=INCREMENT)
+    config.stream.class_order = tuple(range(10))
+    config.model = {"name": "cnn", "channels": (32, 64)}
+    config.train.update({"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 128,
+                         "epochs": 1 if arg == "smoke" else 5})
+    for key in ("memory", "strategies", "seeds", "eval_batch_size", "checkpoint"):
+        del config[key]  # a pretraining run evaluates no strategy
+    config.pretrain = default_pretrain()
+    return config

@@ -1,0 +1,76 @@
+"""Augmented views: real shifts and flips of the image, keyed by the seed and the pixels only."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from cil.data import augment
+from cil.errors import ConfigError
+
+
+def config(crop_padding=2, flip=True, include_identity=True):
+    return ml_collections.FrozenConfigDict(
+        {"crop_padding": crop_padding, "flip": flip, "include_identity": include_identity})
+
+
+views_of = jax.jit(augment.views, static_argnums=(2, 3))  # how strategies call it: under jit
+
+
+def images(n=6, shape=(6, 5, 2), seed=0):
+    return np.random.default_rng(seed).integers(1, 256, (n, *shape)).astype(np.uint8)
+
+
+def all_shifts_and_flips(image, pad):
+    """Every image a padded crop (and optional flip) can produce, by brute force."""
+    h, w, _ = image.shape
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    crops = [padded[dy:dy + h, dx:dx + w] for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)]
+    return crops + [c[:, ::-1] for c in crops]
+
+
+def test_views_are_padded_crops_or_flips_and_view_zero_is_the_image():
+    x = images(n=4)
+    views = np.asarray(views_of(x, jax.random.key(0), 8, config()))
+    assert views.shape == (8, *x.shape) and views.dtype == np.uint8
+    np.testing.assert_array_equal(views[0], x)
+    for v in range(1, 8):
+        for i in range(len(x)):
+            assert any(np.array_equal(views[v, i], c) for c in all_shifts_and_flips(x[i], 2))
+    assert not all(np.array_equal(views[v], x) for v in range(1, 8))  # something did change
+
+
+def test_views_depend_on_the_pixels_not_the_position():
+    x = images(n=9)
+    perm = np.random.default_rng(1).permutation(len(x))
+    views = np.asarray(views_of(x, jax.random.key(3), 4, config()))
+    permuted = np.asarray(views_of(x[perm], jax.random.key(3), 4, config()))
+    np.testing.assert_array_equal(permuted, views[:, perm])
+    other_key = np.asarray(views_of(x, jax.random.key(4), 4, config()))
+    assert not np.array_equal(other_key[1:], views[1:])
+
+
+def test_no_padding_no_flip_means_no_change_and_identity_can_be_dropped():
+    x = images()
+    views = np.asarray(views_of(x, jax.random.key(0), 3, config(0, False)))
+    np.testing.assert_array_equal(views, np.broadcast_to(x, views.shape))
+    flipped = np.asarray(views_of(x, jax.random.key(0), 6, config(0, True, False)))
+    assert any(np.array_equal(flipped[v, i], x[i, :, ::-1]) for v in range(6) for i in range(len(x)))
+
+
+def test_flip_follows_the_dataset_unless_set():
+    assert not augment.flip_makes_sense("digits") and not augment.flip_makes_sense("tfds:mnist")
+    assert augment.flip_makes_sense("fashion_mnist") and augment.flip_makes_sense("cifar100")
+    assert augment.resolve(augment.default_config(), "digits").flip is False
+    assert augment.resolve(augment.default_config(), "cifar10").flip is True
+    forced = augment.default_config()
+    forced.flip = "on"
+    assert augment.resolve(forced, "digits").flip is True
+
+
+@pytest.mark.parametrize("bad", [{"crop_padding": -1}, {"flip": "sometimes"}])
+def test_bad_settings_are_config_errors(bad):
+    cfg = augment.default_config()
+    cfg.update(bad)
+    with pytest.raises(ConfigError):
+        augment.resolve(cfg, "cifar10")

@@ -1,0 +1,176 @@
+"""The shared trainer: compiled once per run, memory batches, masking, data parallelism, distillation."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import Mesh
+
+from cil import models, parallel
+from cil.errors import ConfigError
+from cil.training import DeviceData, Distillation, MemoryBatches, Trainer, distillation_loss
+
+SHAPE = (4, 4, 1)
+TRAIN = ml_collections.ConfigDict({"optimizer": "sgd", "learning_rate": 0.2, "momentum": 0.0,
+                                   "weight_decay": 0.0, "batch_size": 16})
+
+
+def network(seed=0):
+    model = models.build(ml_collections.ConfigDict({"name": "mlp", "hidden": (16,)}), SHAPE, 4,
+                         seed=seed)
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    return graphdef, {"params": params, "model_state": model_state}
+
+
+def images_of(classes, seed=0):
+    """Class c is bright in pixel c, dim noise elsewhere."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 40, (len(classes), *SHAPE)).astype(np.uint8)
+    images.reshape(len(classes), -1)[np.arange(len(classes)), classes] = 255
+    return images
+
+
+def memory_of(classes, slots=32):
+    """A buffer of ``slots`` slots holding examples of ``classes`` (uint8 labels, as cil.memory)."""
+    images = np.zeros((slots, *SHAPE), np.uint8)
+    labels = np.zeros(slots, np.uint8)
+    images[: len(classes)] = images_of(np.asarray(classes), seed=1)
+    labels[: len(classes)] = classes
+    return DeviceData(jnp.asarray(images), jnp.asarray(labels), jnp.int32(len(classes)))
+
+
+class CompileCounter:
+    """Counts XLA compilations while active (what a recompile per task would show)."""
+
+    count = 0
+    active = False
+
+    @classmethod
+    def listen(cls, event, duration, **_):
+        if cls.active and event == "/jax/core/compile/backend_compile_duration":
+            cls.count += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(CompileCounter.listen)
+
+
+def test_one_compile_per_variant_whatever_the_data_and_memory_sizes():
+    graphdef, net = network()
+    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=100)
+    key = jax.random.key(0)
+
+    def fit(n, memory_size):
+        labels = np.arange(n) % 2
+        data = trainer.put(images_of(labels), labels)
+        memory = None
+        if memory_size:
+            memory = MemoryBatches(memory_of([2, 3] * (memory_size // 2)), batch_size=8)
+        return trainer.fit(net, data, key, num_seen=4, epochs=2, memory=memory)
+
+    fit(30, 0), fit(30, 4)  # compiles the epoch without memory and the epoch with it
+    CompileCounter.count, CompileCounter.active = 0, True
+    try:
+        counts = [fit(n, m)[1] for n, m in ((100, 0), (7, 0), (64, 10), (33, 30), (16, 2))]
+    finally:
+        CompileCounter.active = False
+    assert CompileCounter.count == 0
+    # Every trained example counts, the memory's too: epochs x (n + steps x min(batch, memory)).
+    assert counts == [2 * 100, 2 * 7, 2 * (64 + 4 * 8), 2 * (33 + 3 * 8), 2 * (16 + 1 * 2)]
+
+
+def accuracy(trainer, net, images, labels):
+    return float(np.mean(np.argmax(np.asarray(trainer.logits(net, images))[:, :2], -1) == labels))
+
+
+def test_memory_batches_are_trained_on():
+    # New data holds class 0 only, the memory class 1 only: the model learns class 1 only from
+    # the memory batches gathered inside the step.
+    graphdef, net = network()
+    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=64)
+    data = trainer.put(images_of(np.zeros(64, int)), np.zeros(64, np.int32))
+    memory = memory_of([1] * 6)
+    test_images = images_of(np.ones(20, int), seed=5)
+    key = jax.random.key(1)
+    with_memory, _ = trainer.fit(net, data, key, 2, 5, memory=MemoryBatches(memory, 16))
+    without, _ = trainer.fit(net, data, key, 2, 5)
+    assert accuracy(trainer, with_memory, test_images, 1) == 1.0
+    assert accuracy(trainer, without, test_images, 1) == 0.0
+
+
+def test_padding_never_reaches_the_loss():
+    # 10 real examples of class 1 in a capacity of 160: the 150 padding slots hold blank images
+    # labelled 0. Were they trained on, a blank image would come out as class 0.
+    graphdef, net = network()
+    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=160)
+    data = trainer.put(images_of(np.ones(10, int)), np.ones(10, np.int32))
+    trained, count = trainer.fit(net, data, jax.random.key(2), 2, 20)
+    assert count == 200
+    blank = np.zeros((4, *SHAPE), np.uint8)
+    assert accuracy(trainer, trained, blank, 1) == 1.0
+
+
+def test_fit_leaves_its_input_network_intact():
+    # Epochs donate their buffers; fit copies first, so a teacher (iCaRL) or old state survives.
+    graphdef, net = network()
+    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=32)
+    before = jax.tree.map(np.asarray, net)
+    data = trainer.put(images_of(np.arange(32) % 2), np.arange(32, dtype=np.int32) % 2)
+    trainer.fit(net, data, jax.random.key(3), 2, 1)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, net), before)
+
+
+def test_data_parallel_training_matches_one_device():
+    assert len(jax.devices()) == 2  # tests/conftest.py asks for two virtual devices
+    graphdef, net = network()
+    labels = np.arange(48) % 4
+    key = jax.random.key(4)
+    results = []
+    for mesh in (parallel.data_mesh(), Mesh(jax.devices()[:1], ("data",))):
+        trainer = Trainer(graphdef, TRAIN, mesh, capacity=48)
+        memory = MemoryBatches(memory_of([0, 1, 2, 3] * 3), 8)
+        trained, _ = trainer.fit(net, trainer.put(images_of(labels), labels), key, 4, 2, memory)
+        results.append(jax.tree.map(np.asarray, trained["params"]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *results)
+
+
+def test_distillation_loss_on_old_classes_only():
+    logits = jnp.array([[1.0, 2.0, 30.0], [0.5, -1.0, -7.0]])
+    teacher = jnp.array([[3.0, 1.0, -50.0], [0.0, 2.0, 9.0]])
+    got = distillation_loss(logits, teacher, 2, temperature=2.0)
+    expected = [-np.sum(jax.nn.softmax(t[:2] / 2) * jax.nn.log_softmax(s[:2] / 2))
+                for s, t in zip(np.asarray(logits), np.asarray(teacher))]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # Its gradient vanishes where the student already matches the teacher on the old classes.
+    grad = jax.grad(lambda s: distillation_loss(s, teacher, 2, 2.0).sum())(
+        teacher.at[:, 2].set(5.0))
+    np.testing.assert_allclose(grad, 0.0, atol=1e-7)
+
+
+def test_distillation_holds_the_teacher_on_the_old_classes():
+    # A teacher learns classes 0/1, then students learn classes 2/3 only: with distillation, the
+    # student's scores among the old classes stay much closer to the teacher's.
+    graphdef, net = network()
+    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=64)
+    old_labels, new_labels = np.arange(64) % 2, 2 + np.arange(64) % 2
+    teacher, _ = trainer.fit(net, trainer.put(images_of(old_labels), old_labels),
+                             jax.random.key(5), 2, 10)
+    new_data = trainer.put(images_of(new_labels), new_labels)
+    old_images = images_of(np.arange(40) % 2, seed=9)
+    teacher_scores = trainer.logits(teacher, old_images)
+    gap = {}
+    for name, distill in (("plain", None), ("distilled", Distillation(teacher, jnp.int32(2)))):
+        student, _ = trainer.fit(teacher, new_data, jax.random.key(6), 4, 3, distill=distill)
+        student_scores = trainer.logits(student, old_images)
+        gap[name] = float(jnp.mean(distillation_loss(student_scores, teacher_scores, 2, 2.0)
+                                   - distillation_loss(teacher_scores, teacher_scores, 2, 2.0)))
+    assert gap["distilled"] < gap["plain"] / 2, gap
+
+
+def test_memory_batch_must_split_over_the_devices():
+    graphdef, net = network()
+    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=32)
+    data = trainer.put(images_of(np.arange(32) % 2), np.arange(32, dtype=np.int32) % 2)
+    with pytest.raises(ConfigError, match="memory batch size=7 must be a multiple of the 2"):
+        trainer.fit(net, data, jax.random.key(0), 2, 1, memory=MemoryBatches(memory_of([0]), 7))

@@ -6,7 +6,8 @@
     python run.py --config=configs/pretrain_fmnist.py --workdir=workdir/encoders/fmnist_b4_cnn
     python run.py --config=configs/sweep_digits.py --workdir=/tmp/s/0 --shard_index=0 --num_shards=2
 
-Intentionally short: the work happens in cil.experiment; errors a user can fix print one line.
+Intentionally short: the work happens in cil.sweep and cil.experiment; errors a user can fix print
+one line.
 """
 
 import logging

@@ -1,4 +1,4 @@
-"""iCaRL (Rebuffi et al. 2017): herding exemplars, distillation on old classes, nearest mean of exemplars.
+"""iCaRL (Rebuffi et al. 2017): herding, distillation on old classes, nearest mean of exemplars.
 
     config.strategies = ("icarl",)
     config.memory.exemplars = 2000      # or memory.budget_bytes (exemplars = what the model leaves)

@@ -12,8 +12,9 @@ example:
 - x is cut into P = ``subspaces`` consecutive sub-vectors of d/P coordinates (zero-padded up to a
   multiple of P: padded coordinates add nothing to any distance);
 - each class keeps, per subspace, k = ``anchors`` anchor vectors. An example of class c is learned
-  in O(d): in each subspace its sub-vector joins the nearest of c's k anchors (the first k examples
-  of a class seed them, one each), and that anchor becomes the running mean of its members;
+  in O(d): in each subspace its sub-vector joins the nearest of c's k anchors (the first k
+  sub-vectors of a class seed them, one each), and that anchor becomes the running mean of its
+  members;
 - training-time augmentation: each training image is learned as ``train_views`` views (view 0 the
   image itself, the others random crops of the zero-padded image and, where it makes sense for the
   dataset, horizontal flips: cil/data/augment.py);
@@ -89,9 +90,8 @@ class NCM(Strategy):
         self.augment = augment.resolve(cfg.augment, spec.dataset_name)
         self.num_subspaces, self.num_anchors = int(cfg.subspaces), int(cfg.anchors)
         self.sub_dim = -(-self.encoder.feature_dim // self.num_subspaces)
-        self.image_capacity = -(-max(spec.train_sizes) // self.encoder.batch_size) * self.encoder.batch_size
         self.mesh = self.encoder.mesh
-        self._update = jax.jit(self._update_impl)
+        self._learn_batch = jax.jit(self._learn_batch_impl)
         self._predict = jax.jit(self._predict_impl)
         self._built_for = spec
 
@@ -110,19 +110,29 @@ class NCM(Strategy):
         return features.reshape(*features.shape[:-1], self.num_subspaces, self.sub_dim)
 
     def learn(self, state, task, key):
+        """Streams the task through the encoder in fixed-size batches; each batch's views are
+        learned as soon as they are computed (one compiled call per batch, never recomputed)."""
+        size = self.encoder.batch_size
+        sums, counts = state["sums"], state["counts"]
+        for start in range(0, len(task.labels), size):
+            images, labels = task.images[start:start + size], task.labels[start:start + size]
+            real = len(labels)
+            if real < size:  # the last batch: padded, and the padding masked out
+                images = np.concatenate([images, np.zeros((size - real, *images.shape[1:]), images.dtype)])
+                labels = np.concatenate([labels, np.zeros(size - real, labels.dtype)])
+            sums, counts = self._learn_batch(self.encoder.weights, sums, counts, images,
+                                             labels.astype(np.int32), key, jnp.int32(real))
         views = int(self.config.strategy.train_views)
-        # Fixed shapes (images padded to the largest task): one compiled extraction and update.
-        images = np.zeros((self.image_capacity, *task.images.shape[1:]), task.images.dtype)
-        images[: len(task.images)] = task.images
-        labels = np.zeros(self.image_capacity, np.int32)
-        labels[: len(task.labels)] = task.labels
-        features = encoders.extract_features(self.encoder, images, key, views, self.augment)
-        # Arrival order: example by example, each example's views together; padding comes last.
-        features = jnp.swapaxes(features, 0, 1).reshape(-1, self.encoder.feature_dim)
-        size = len(task.labels) * views
-        sums, counts = self._update(state["sums"], state["counts"], features,
-                                    np.repeat(labels, views), jnp.int32(size))
-        return Learned({**state, "sums": sums, "counts": counts}, size)
+        return Learned({**state, "sums": sums, "counts": counts}, len(task.labels) * views)
+
+    def _learn_batch_impl(self, weights, sums, counts, images, labels, key, real):
+        views = int(self.config.strategy.train_views)
+        if images.shape[0] % self.mesh.size == 0:
+            images = parallel.shard_batch(self.mesh, images)
+        features = encoders.view_features(self.encoder, weights, images, key, views, self.augment)
+        # Arrival order: example by example, each example's views together.
+        features = jnp.swapaxes(features, 0, 1).reshape(-1, features.shape[-1])
+        return self._update_impl(sums, counts, features, jnp.repeat(labels, views), real * views)
 
     def _update_impl(self, sums, counts, features, labels, size):
         """Adds the first ``size`` (feature, label) pairs to their class's anchors, in order."""

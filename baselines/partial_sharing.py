@@ -24,12 +24,13 @@ Settings (``config.partial_sharing``) and defaults:
 - ``merge``: how a branch's scores become comparable to another's. ``"softmax"`` (default): each
   branch's log-softmax over its own classes, i.e. every branch states a probability over its
   classes; ``"logits"``: the raw logits side by side (one softmax over all of them).
-- ``calibration_per_class`` (default 0, none): keep that many training images of every class
-  (charged as exemplars) and, after training a branch, fit that branch's score scale and offset so
-  that the merged prediction is right on the kept images; the scales and offsets of earlier
-  branches stay fixed, so their scores never change. The paper's published version calls its
-  method "clone-and-branch with calibration" so that new classes resembling old ones are told
-  apart; this is our form of that step, made optional because it stores examples of old classes.
+- ``calibration_per_class`` (default 0, none): hold out that many training images of every class
+  from training and keep them (charged as exemplars); after training a branch, fit that branch's
+  score offset (and, under ``"logits"``, its scale, as BiC does) so that the merged prediction is
+  right on all kept images; the offsets and scales of earlier branches stay fixed, so their scores
+  never change. The paper's published version adds a calibration step to clone-and-branch so that
+  new classes resembling old ones are told apart; this fit is our form of it (the paper's exact
+  procedure was not available to us), optional because it keeps images of old classes.
 - ``base_checkpoint`` (default unset: task 0 trains the base): a cil/encoders.py checkpoint of a
   network trained on the stream's task 0 alone (``python run.py --config=configs/pretrain_*.py``
   with ``pretrain.data="base_task"``); task 0 then loads it instead of training, and its model
@@ -265,11 +266,12 @@ class PartialSharing(Strategy):
 
     def learn(self, state, task: Task, key):
         train_key, branch_key, keep_key = jax.random.split(key, 3)
+        state, train = self._hold_out(state, task, keep_key)
         epochs = self.config.train.epochs
         if task.index == 0:
             trained_examples = 0  # a checkpointed base is used as it is
             if not self.config.strategy.base_checkpoint:
-                data = self.base_trainer.put(task.images, task.labels)
+                data = self.base_trainer.put(task.images[train], task.labels[train])
                 base, trained_examples = self.base_trainer.fit(state["base"], data, train_key,
                                                                self.num_base_classes, epochs)
                 state = {**state, "base": base}
@@ -281,31 +283,35 @@ class PartialSharing(Strategy):
             branch = clone_branch(self._base(state), self.k, self.branch_classes, branch_key)
             _, params, model_state = nnx.split(branch, nnx.Param, ...)
             # The trunk is frozen and deterministic: its features are computed once per task.
-            features = run_in_chunks(lambda x: self._trunk(state["base"], x), task.images,
+            features = run_in_chunks(lambda x: self._trunk(state["base"], x), task.images[train],
                                      self.config.eval_batch_size)
-            data = self.branch_trainer.put(features, task.labels - task.classes[0])
+            data = self.branch_trainer.put(features, task.labels[train] - task.classes[0])
             trained, trained_examples = self.branch_trainer.fit(
                 {"params": params, "model_state": model_state}, data, train_key,
                 self.branch_classes, epochs)
             branches = jax.tree.map(lambda stack, x: stack.at[slot].set(x),
                                     state["branches"], trained)
             state = {**state, "branches": branches, "num_branches": jnp.int32(slot + 1)}
-        state = self._keep_exemplars(state, task, keep_key)
-        if task.index > 0 and self.config.strategy.calibration_per_class:
-            state = {**state, "calibration": self._fit_calibration(state, task.index)}
+            if self.config.strategy.calibration_per_class:
+                state = {**state, "calibration": self._fit_calibration(state, task.index)}
         return Learned(state, trained_examples)
 
-    def _keep_exemplars(self, state, task: Task, key):
+    def _hold_out(self, state, task: Task, key) -> tuple[dict, np.ndarray]:
+        """Keeps ``calibration_per_class`` random images of each of the task's classes, held out
+        from training (a branch is overconfident on its own training images, which would bias the
+        fit, as BiC's held-out split avoids); returns the state and the indices left to train on."""
         per_class = self.config.strategy.calibration_per_class
         if not per_class:
-            return state
+            return state, np.arange(len(task.labels))
         images, labels = state["exemplar_images"].copy(), state["exemplar_labels"].copy()
         rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
+        train = np.ones(len(task.labels), bool)
         for c in task.classes:
             chosen = rng.permutation(np.flatnonzero(task.labels == c))[:per_class]
             slots = slice(c * per_class, c * per_class + len(chosen))
             images[slots], labels[slots] = task.images[chosen], c
-        return {**state, "exemplar_images": images, "exemplar_labels": labels}
+            train[chosen] = False
+        return {**state, "exemplar_images": images, "exemplar_labels": labels}, np.flatnonzero(train)
 
     def _fit_calibration(self, state, branch: int):
         """The new branch's (log-scale, offset) that best classify the kept images; others fixed."""
@@ -327,10 +333,13 @@ class PartialSharing(Strategy):
             return jnp.sum(xent * kept) / jnp.maximum(jnp.sum(kept), 1.0)
 
         optimizer = optax.adam(_CALIBRATION_LR)
+        # Under "softmax" a scale would sharpen a branch's log-probabilities until its top class
+        # scores ~0 on any image, a degenerate fit: only the offset is fitted there.
+        fitted = jnp.array([float(self.config.strategy.merge == "logits"), 1.0])
 
         def step(_, carry):
             own, opt_state = carry
-            updates, opt_state = optimizer.update(jax.grad(loss)(own), opt_state)
+            updates, opt_state = optimizer.update(jax.grad(loss)(own) * fitted, opt_state)
             return optax.apply_updates(own, updates), opt_state
 
         own = calibration[branch]

@@ -22,8 +22,8 @@ import ml_collections
 from flax import nnx
 
 from baselines.finetune import Finetune
-from cil import memory as exemplar_memory
 from cil import models, parallel
+from cil.memory import COUNTER_BYTES, ExemplarMemory, exemplar_bytes, exemplar_capacity
 from cil.strategy import Learned, StreamSpec, pytree_bytes
 from cil.training import DeviceData, MemoryBatches
 
@@ -31,10 +31,16 @@ from cil.training import DeviceData, MemoryBatches
 class Replay(Finetune):
     name = "replay"
 
+    def __init__(self, config):
+        super().__init__(config)
+        self.exemplar_memory = None
+        self._memory_spec = None
+
     @classmethod
     def default_config(cls):
         return ml_collections.ConfigDict({
-            "exemplars": 2000,  # only when config.memory sets no budget (Zhou et al.'s CIFAR figure)
+            # Exemplars kept only when config.memory sets no budget (Zhou et al.'s CIFAR figure).
+            "exemplars": 2000,
             "selection": "random",  # random | reservoir | herding (cil/memory.py)
             "class_balanced": True,  # equal shares per class seen
             # Exemplars per step, besides train.batch_size new examples; None: train.batch_size.
@@ -51,7 +57,7 @@ class Replay(Finetune):
                                                    spec.num_classes, seed=0))
 
     def network_bytes(self, spec: StreamSpec) -> int:
-        """Bytes ``memory`` charges for the network (params + model state), known before building."""
+        """Bytes ``memory`` charges for the network (params + model state), before building it."""
         _, params, model_state = nnx.split(self.abstract_network(spec), nnx.Param, ...)
         return pytree_bytes(params) + pytree_bytes(model_state)
 
@@ -59,20 +65,23 @@ class Replay(Finetune):
         """Bytes of side state besides the network and the buffer (none for replay)."""
         return 0
 
-    def build_memory(self, spec: StreamSpec) -> exemplar_memory.ExemplarMemory:
+    def build_memory(self, spec: StreamSpec) -> ExemplarMemory:
         """The exemplar memory, sized by the budget after every other byte this strategy keeps."""
-        other = self.network_bytes(spec) + self.side_bytes(spec) + exemplar_memory.COUNTER_BYTES
-        capacity = exemplar_memory.exemplar_capacity(
-            spec.budget, exemplar_memory.exemplar_bytes(spec.image_shape, spec.num_classes), other,
-            default=self.config.strategy.exemplars)
+        other = self.network_bytes(spec) + self.side_bytes(spec) + COUNTER_BYTES
+        per_exemplar = exemplar_bytes(spec.image_shape, spec.num_classes)
+        capacity = exemplar_capacity(spec.budget, per_exemplar, other,
+                                     default=self.config.strategy.exemplars)
         selection, class_balanced = self.selection()
-        return exemplar_memory.ExemplarMemory(capacity, spec.image_shape, spec.num_classes,
-                                              selection, class_balanced)
+        return ExemplarMemory(capacity, spec.image_shape, spec.num_classes, selection,
+                              class_balanced)
 
     def init(self, key, spec):
-        self.exemplar_memory = self.build_memory(spec)
+        if self._memory_spec != spec:  # its update compiles once per stream, reused across seeds
+            self.exemplar_memory = self.build_memory(spec)
+            self._memory_spec = spec
         net = self.build_network(key, spec)
-        return {"net": net, "buffer": parallel.replicate(self._trainer.mesh, self.exemplar_memory.empty())}
+        buffer = parallel.replicate(self._trainer.mesh, self.exemplar_memory.empty())
+        return {"net": net, "buffer": buffer}
 
     def learn(self, state, task, key):
         fit_key, memory_key = jax.random.split(key)
@@ -82,7 +91,8 @@ class Replay(Finetune):
         batches = None
         if int(buffer.size):  # the first task has nothing to replay: no wasted, masked half-batch
             batch_size = self.config.strategy.memory_batch_size or self.config.train.batch_size
-            batches = MemoryBatches(DeviceData(buffer.images, buffer.labels, buffer.size), batch_size)
+            stored = DeviceData(buffer.images, buffer.labels, buffer.size)
+            batches = MemoryBatches(stored, batch_size)
         net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
                                    self.config.train.epochs, memory=batches)
         buffer = self.update_memory(buffer, net, data, memory_key)
@@ -93,7 +103,8 @@ class Replay(Finetune):
         features = None
         if self.exemplar_memory.selection == "herding":
             features = self._trainer.features(net, data.images)
-        return self.exemplar_memory.update(buffer, data.images, data.labels, data.size, key, features)
+        return self.exemplar_memory.update(buffer, data.images, data.labels, data.size, key,
+                                           features)
 
     def memory(self, state):
         network = super().memory(state)

@@ -53,7 +53,7 @@ from cil.timing import Stopwatch  # noqa: E402
 from configs.partial_sharing_fmnist import get_config as fmnist_config  # noqa: E402
 
 
-def synthetic32(num_classes=6, train_per_class=150, test_per_class=50, seed=0) -> sources.Dataset:
+def synthetic32(num_classes: int, train_per_class: int, test_per_class=50, seed=0) -> sources.Dataset:
     """Class c: a blocky random colour pattern of its own, shifted up to 4 pixels, plus noise."""
     rng = np.random.default_rng(seed)
     templates = np.kron(rng.normal(size=(num_classes, 4, 4, 3)), np.ones((1, 8, 8, 1)))
@@ -69,22 +69,37 @@ def synthetic32(num_classes=6, train_per_class=150, test_per_class=50, seed=0) -
                            tuple(f"pattern{c}" for c in range(num_classes)))
 
 
-def part(name: str, epochs: int | None):
+def first_per_class(dataset: sources.Dataset, per_class: int | None) -> sources.Dataset:
+    """The dataset with only the first ``per_class`` training images of each class (None: all)."""
+    if per_class is None:
+        return dataset
+    labels = dataset.train_labels
+    keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(dataset.num_classes)])
+    keep.sort()
+    return sources.Dataset(dataset.name, dataset.train_images[keep], labels[keep],
+                           dataset.test_images, dataset.test_labels, dataset.class_names)
+
+
+def part(name: str, args):
     """(config, stream, sharing points, variants) of one part of the sweep."""
     config = fmnist_config()
     if name == "synthetic32":
         config.model = ml_collections.ConfigDict({"name": "resnet32"})
-        config.train.update({"learning_rate": 0.05, "batch_size": 32, "epochs": epochs or 3})
+        config.train.update({"learning_rate": 0.05, "batch_size": 32, "epochs": args.epochs or 3})
         config.eval_batch_size = 100
-        stream = streams.make_stream(synthetic32(), 2, 2, explicit_order=list(range(6)))
+        dataset = synthetic32(args.synthetic_classes, args.train_per_class or 150)
+        stream = streams.make_stream(dataset, 2, 2, explicit_order=list(range(dataset.num_classes)))
         return config, stream, (0, 6, 11, 16, 17), ()
     model = {"name": "mlp", "hidden": (400, 400)} if name == "fmnist_mlp" else config.model.to_dict()
     config.model = ml_collections.ConfigDict(model)
-    config.train.epochs = epochs or config.train.epochs
+    config.train.epochs = args.epochs or config.train.epochs
+    config.dataset.path = args.fmnist_path
+    dataset = first_per_class(sources.load(config.dataset), args.train_per_class)
+    stream = streams.make_stream(dataset, config.stream.initial, config.stream.increment,
+                                 explicit_order=list(config.stream.class_order))
     variants = (("k=1, logits", {"shared_stages": 1, "merge": "logits"}),
                 ("k=1, calibrated (20 per class)", {"shared_stages": 1, "calibration_per_class": 20}))
-    points = (0, 1, 2) if name == "fmnist_mlp" else (0, 1, 2, 3)
-    return config, experiment.build_stream(config), points, variants
+    return config, stream, (0, 1, 2) if name == "fmnist_mlp" else (0, 1, 2, 3), variants
 
 
 class WithinTask:
@@ -168,13 +183,19 @@ def main():
     parser.add_argument("--parts", default="fmnist_mlp,fmnist_cnn,synthetic32")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--epochs", type=int, default=None, help="override every part's epochs")
+    parser.add_argument("--train-per-class", type=int, default=None,
+                        help="train on the first N images of each class (default: all; "
+                             "synthetic32: 150)")
+    parser.add_argument("--synthetic-classes", type=int, default=6, help="synthetic32's classes")
+    parser.add_argument("--fmnist-path", default=None, help="folder of the Fashion-MNIST IDX files "
+                        "(default: Debian's, see cil/data/sources.py)")
     parser.add_argument("--out", default=None, help="write every run's figures to this JSON file")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     lines, record = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)], {}
     for name in args.parts.split(","):
         started = time.time()
-        config, stream, points, variants = part(name, args.epochs)
+        config, stream, points, variants = part(name, args)
         spec = experiment.stream_spec(stream, config.memory)
         settings = [("k=%d" % k, {"shared_stages": k}) for k in points] + list(variants)
         ps_runs = {}
@@ -195,8 +216,8 @@ def main():
         print(f"{name}: {time.time() - started:.0f} s", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1))
-    print(f"\n{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} cores, "
-          f"seeds {args.seeds}\n")
+    print(f"\n{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} cores; "
+          f"{' '.join(sys.argv[1:])}\n")
     print("\n".join(lines))
 
 

@@ -191,9 +191,9 @@ def init_keys(features, projection_seed, settings: KeySettings, key) -> np.ndarr
     init_key, key = jax.random.split(key)
     state = jax.device_put(initial_key_state(init_key, settings), by_codebook)
     padded = parallel.replicate(mesh, padded)
-    for epoch in range(settings.epochs):
-        state = _init_epoch(state, padded, jnp.int32(size), projections,
-                            jax.random.fold_in(key, epoch), settings)
+    for epoch in range(settings.epochs):  # every input committed alike: one compile per shape
+        epoch_key = parallel.replicate(mesh, jax.random.fold_in(key, epoch))
+        state = _init_epoch(state, padded, jnp.int32(size), projections, epoch_key, settings)
     return np.asarray(state.keys)
 
 

@@ -180,9 +180,10 @@ def _pure(weights: dict) -> dict:
 
 
 def _build(meta: dict):
-    """A fresh network of the recorded architecture, split: the template the weights load into."""
-    return _split(models.build(ml_collections.ConfigDict(meta["model"]), meta["image_shape"],
-                               int(meta["num_classes"]), seed=0))
+    """The recorded architecture, split, as shapes only: the template the weights load into."""
+    return _split(nnx.eval_shape(lambda: models.build(
+        ml_collections.ConfigDict(meta["model"]), meta["image_shape"], int(meta["num_classes"]),
+        seed=0)))
 
 
 def save_encoder(directory, network, meta: dict) -> Path:
@@ -244,6 +245,10 @@ def load_encoder(directory, expected_image_shape=None, batch_size: int = 500) ->
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _pure(weights))
     try:
         restored = ocp.StandardCheckpointer().restore(directory / WEIGHTS_DIR, abstract)
+        # Orbax may hand back the stored shapes rather than the template's: compare them.
+        fits = jax.tree.map(lambda a, b: a.shape == b.shape and a.dtype == b.dtype, abstract, restored)
+        if not all(jax.tree.leaves(fits)):
+            raise ValueError("array shapes differ from the recorded architecture's")
         for name, state in weights.items():
             nnx.replace_by_pure_dict(state, restored[name])
     except Exception as error:  # Orbax raises many types; any of them means "cannot use this"

@@ -1,4 +1,4 @@
-"""Exemplar memory: a fixed-capacity buffer of uint8 images and labels, and the policies that fill it.
+"""Exemplar memory: a fixed-capacity buffer of uint8 images and labels, and the policies filling it.
 
     memory = ExemplarMemory(capacity=1000, image_shape=(28, 28, 1), num_classes=10,
                             selection="random", class_balanced=True)
@@ -103,7 +103,7 @@ def _segment_positions(sorted_keys):
 
 
 def class_shares(labels, valid, capacity: int, num_classes: int):
-    """Slots per class: equal shares of ``capacity`` over the classes present (off by at most one)."""
+    """Slots per class: equal shares of ``capacity`` over the classes present (off by one)."""
     present = jnp.zeros(num_classes, jnp.int32).at[labels].max(valid.astype(jnp.int32), mode="drop")
     count = jnp.maximum(present.sum(), 1)
     rank = jnp.cumsum(present) - present  # the class's index among present classes
@@ -178,7 +178,7 @@ class ExemplarMemory:
                             num_exemplars=size)
 
     def update(self, buffer: Buffer, images, labels, size, key, features=None) -> Buffer:
-        """Offers the first ``size`` of (images, labels) to the buffer; herding needs ``features``."""
+        """Offers the first ``size`` (images, labels) to the buffer; herding needs ``features``."""
         if (features is None) == (self.selection == "herding"):
             raise ValueError("herding needs the candidates' features; the other policies take none")
         return self._update(buffer, images, labels, jnp.int32(size), key, features)
@@ -195,8 +195,8 @@ class ExemplarMemory:
         else:  # herding: old exemplars keep their order; new ones follow in pick order
             shares = class_shares(all_labels, valid, self.capacity, self.num_classes)
             offered = (jnp.arange(n) < size).astype(jnp.int32)
-            largest = jnp.zeros(self.num_classes, jnp.int32).at[labels].add(offered, mode="drop").max()
-            picks = jnp.minimum(shares.max(), largest)  # no class needs more picks than either
+            per_class = jnp.zeros(self.num_classes, jnp.int32).at[labels].add(offered, mode="drop")
+            picks = jnp.minimum(shares.max(), per_class.max())  # no class needs more picks
             new_ranks = herding_ranks(features, labels, size, picks, self.num_classes)
             group = jnp.concatenate([jnp.zeros(self.capacity, jnp.int32), jnp.ones(n, jnp.int32)])
             rank = jnp.concatenate([jnp.arange(self.capacity, dtype=jnp.float32), new_ranks])
@@ -222,7 +222,7 @@ class ExemplarMemory:
         return order[slots], jnp.minimum(keep.sum(), self.capacity).astype(jnp.int32)
 
     def _gather(self, buffer, images, labels, chosen, kept, seen) -> Buffer:
-        """A buffer of candidates ``chosen`` (old slots first, then new examples) in slots [0, kept)."""
+        """The candidates ``chosen`` (old slots, then new examples) in slots [0, kept)."""
         used = jnp.arange(self.capacity) < kept
         from_old = chosen < self.capacity
         new_index = jnp.clip(chosen - self.capacity, 0, images.shape[0] - 1)
@@ -243,8 +243,8 @@ class ExemplarMemory:
         slot = jnp.where(position < self.capacity, position, draw)
         aimed = jnp.where(offered & (slot < self.capacity), slot, self.capacity)
         # The last example aimed at a slot wins, as in the one-at-a-time algorithm.
-        winner = jnp.full(self.capacity, -1, jnp.int32).at[aimed].max(jnp.arange(n, dtype=jnp.int32),
-                                                                      mode="drop")
+        winner = jnp.full(self.capacity, -1, jnp.int32)
+        winner = winner.at[aimed].max(jnp.arange(n, dtype=jnp.int32), mode="drop")
         replaced = winner >= 0
         source = jnp.maximum(winner, 0)
         new_images = jnp.where(_per_row(replaced, images), images[source], buffer.images)

@@ -247,7 +247,8 @@ class Trainer:
             images, labels = data.images[idx], data.labels[idx].astype(jnp.int32)
             weights = (start + offsets < data.size).astype(jnp.float32)
             if memory is not None:
-                position = (b * memory.batch_size + memory_offsets) % jnp.maximum(memory.data.size, 1)
+                position = b * memory.batch_size + memory_offsets
+                position = position % jnp.maximum(memory.data.size, 1)
                 midx = memory_order[position]
                 images = jnp.concatenate([images, memory.data.images[midx]])
                 labels = jnp.concatenate([labels, memory.data.labels[midx].astype(jnp.int32)])

@@ -12,6 +12,7 @@ import pytest
 from baselines.dkvb import DKVB
 from cil import dkvb_keys
 from cil.data.stream import Task, split_tasks
+from cil.errors import ConfigError, DataError
 from cil.strategy import Budget, StreamSpec, load_strategy
 from tests.helpers import tiny_config
 
@@ -27,7 +28,7 @@ def make_strategy(**overrides) -> DKVB:
     return load_strategy("dkvb", tiny_config(dkvb={**SMALL, **overrides}))
 
 
-def make_spec(num_classes=4, increment=2, train_size=80, image_shape=(1, 1, FEATURE_DIM)):
+def make_spec(num_classes=4, increment=2, train_size=300, image_shape=(1, 1, FEATURE_DIM)):
     tasks = split_tasks(num_classes, 0, increment)
     return StreamSpec(num_classes=num_classes, image_shape=image_shape, tasks=tasks,
                       train_sizes=(train_size,) * len(tasks), budget=Budget())
@@ -100,7 +101,7 @@ def test_nearest_keys_are_the_arg_min_of_distances(chunked, monkeypatch):
 
 
 def test_key_initialisation_places_every_key_on_the_data():
-    features, labels = clustered(400, seed=2)
+    features, labels = clustered(300, seed=2)  # as many as ``ready``'s: one compiled epoch
     seed = jax.random.key(3)
     keys = dkvb_keys.init_keys(features, seed, SETTINGS, jax.random.key(4))
     assert keys.shape == (4, 16, 3)
@@ -121,8 +122,8 @@ def test_rarely_chosen_keys_restart_at_a_sample_of_the_batch():
     heads = jnp.asarray(np.random.default_rng(0).normal(size=(32, 4, 3)), jnp.float32)
     state = dkvb_keys.initial_key_state(jax.random.key(0), SETTINGS)
     far = state.keys.at[:, 1:].set(1e3)  # every key but key 0 is out of reach: never chosen
-    new = dkvb_keys.ema_step(state._replace(keys=far), heads, jnp.ones(32), jax.random.key(1),
-                             SETTINGS)
+    step = jax.jit(dkvb_keys.ema_step, static_argnames="settings")
+    new = step(state._replace(keys=far), heads, jnp.ones(32), jax.random.key(1), settings=SETTINGS)
     # Key 0 took every head: its EMA mean is the mean of the batch.
     np.testing.assert_allclose(new.keys[:, 0], heads.mean(0), rtol=1e-5, atol=1e-6)
     # The others had an EMA count of 0 < 0.1 * 32 / 16: each restarts at one of the heads.
@@ -153,8 +154,15 @@ def test_key_cache_is_shared_by_equal_inputs_only(tmp_path):
 
 # --- the strategy: local updates, frozen keys, masking, the decoder -------------------------------
 
-def fetched_mask(strategy, state, features) -> np.ndarray:
-    indices = np.asarray(strategy.decoder_inputs(state, jnp.asarray(features), masked=False))
+def heads_of(state, features) -> np.ndarray:
+    projections = dkvb_keys.random_projections(jax.random.wrap_key_data(state["projection_seed"]),
+                                               FEATURE_DIM, SETTINGS)
+    return np.einsum("nd,cdk->nck", features, np.asarray(projections))
+
+
+def fetched_mask(state, features) -> np.ndarray:
+    """(C, K): the keys nearest to ``features`` among all keys, by brute force."""
+    indices = brute_force_nearest(heads_of(state, features), state["keys"]).argmin(-1)
     mask = np.zeros((4, 16), bool)
     mask[np.arange(4)[None, :], indices] = True
     return mask
@@ -166,7 +174,7 @@ def test_a_step_changes_only_the_fetched_values(strategy, ready):
     state = with_values(ready, start)
     learned = strategy.learn_features(state, features, labels, jax.random.key(0), num_seen=2)
     change = values_of(learned.state) - start
-    fetched = fetched_mask(strategy, state, features)
+    fetched = fetched_mask(state, features)
     assert 0 < fetched.sum() < fetched.size  # the test means something: some keys are not fetched
     assert not change[~fetched].any()  # bitwise unchanged
     assert (np.abs(change[fetched][:, :2]) > 0).all()  # every fetched value moved on seen classes
@@ -175,9 +183,11 @@ def test_a_step_changes_only_the_fetched_values(strategy, ready):
 
 def test_keys_are_fitted_once_then_frozen(strategy):
     state = strategy.init(jax.random.key(0), make_spec())  # loads the identity encoder
-    images, labels = clustered(80, seed=6, centres=4)
-    tasks = [Task(t, (2 * t, 2 * t + 1), images[labels // 2 == t].reshape(-1, 1, 1, FEATURE_DIM),
-                  labels[labels // 2 == t]) for t in range(2)]
+    # Task 0 has as many examples as ``ready``'s unlabelled features: the same compiled key fit.
+    tasks = []
+    for t, size in enumerate((300, 60)):
+        features, labels = clustered(size, seed=6 + t, centres=2)
+        tasks.append(Task(t, (2 * t, 2 * t + 1), features.reshape(-1, 1, 1, FEATURE_DIM), labels + 2 * t))
     assert not bool(state["keys_ready"])
     after = []
     for task in tasks:
@@ -194,15 +204,13 @@ def test_prediction_searches_only_keys_used_in_training(strategy, ready):
     features, labels = clustered(40, seed=7, centres=2)
     state = strategy.learn_features(ready, features, labels, jax.random.key(0), num_seen=2).state
     used = np.asarray(state["used"])
-    assert np.array_equal(used, fetched_mask(strategy, ready, features))
-    probes = np.random.default_rng(8).normal(0.0, 6.0, (200, FEATURE_DIM)).astype(np.float32)
+    assert np.array_equal(used, fetched_mask(ready, features))
+    probes = np.random.default_rng(8).normal(0.0, 6.0, (40, FEATURE_DIM)).astype(np.float32)
     masked = np.asarray(strategy.decoder_inputs(state, jnp.asarray(probes), masked=True))
     unmasked = np.asarray(strategy.decoder_inputs(state, jnp.asarray(probes), masked=False))
     assert used[np.arange(4)[None, :], masked].all()
     assert (masked != unmasked).any()  # some probes' nearest key overall was never used
-    heads = dkvb_keys.project(probes, dkvb_keys.random_projections(
-        jax.random.wrap_key_data(state["projection_seed"]), FEATURE_DIM, strategy.settings))
-    distances = brute_force_nearest(heads, state["keys"], used)
+    distances = brute_force_nearest(heads_of(state, probes), state["keys"], used)
     picked = np.take_along_axis(distances, masked[..., None], -1)[..., 0]
     np.testing.assert_allclose(picked, distances.min(-1), rtol=1e-5, atol=1e-5)
 
@@ -211,7 +219,7 @@ def test_scores_are_the_mean_of_the_fetched_values(strategy, ready):
     state = {**ready, "used": jnp.asarray(np.random.default_rng(1).random((4, 16)) < 0.5).at[:, 0].set(True)}
     values = np.random.default_rng(2).normal(size=(4, 16, 4)).astype(np.float32)
     state = with_values(state, values)
-    features, _ = clustered(30, seed=9)
+    features, _ = clustered(40, seed=9)  # 40 queries, as above: the same compiled lookup
     scores = np.asarray(strategy.predict_features(state, jnp.asarray(features)))
     indices = np.asarray(strategy.decoder_inputs(state, jnp.asarray(features), masked=True))
     expected = values[np.arange(4)[None, :], indices].mean(1)
@@ -245,15 +253,14 @@ def blobs(per_class, seed):
     return (centres[labels] + rng.normal(0.0, 0.5, (len(labels), 2))).astype(np.float32), labels
 
 
-def last_accuracy(decoder: str, increment: int) -> float:
+def last_accuracy(strategy, increment: int) -> float:
     """A_last on the blobs after learning them in tasks of ``increment`` classes (8: jointly)."""
-    strategy = make_strategy(decoder=decoder, num_codebooks=16, keys_per_codebook=32, key_dim=2,
-                             epochs=40)
     train_x, train_y = blobs(60, seed=0)
     test_x, test_y = blobs(50, seed=1)
-    spec = make_spec(8, increment, train_size=60 * increment, image_shape=(1, 1, 2))
+    # Every spec allows 480 examples a task, so that one compiled trainer serves every split.
+    spec = make_spec(8, increment, train_size=480, image_shape=(1, 1, 2))
     state = strategy.init_state(jax.random.key(0), spec, 2)
-    if decoder == "key_values":  # keys from unlabelled blobs, disjoint from the training draw
+    if strategy.uses_keys:  # keys from unlabelled blobs, disjoint from the training draw
         state = strategy.with_keys(state, blobs(40, seed=2)[0])
     for span in spec.tasks:
         mine = np.isin(train_y, span.classes)
@@ -264,9 +271,42 @@ def last_accuracy(decoder: str, increment: int) -> float:
 
 
 def test_toy_blobs_dkvb_keeps_old_classes_where_a_linear_classifier_forgets():
-    joint = last_accuracy("key_values", increment=8)
-    incremental = last_accuracy("key_values", increment=2)
-    linear = last_accuracy("linear", increment=2)
-    assert joint > 0.9
-    assert incremental > joint - 0.1  # 4 tasks of 2 classes, no replay: A_last near joint
-    assert linear < 0.5  # the linear classifier trained the same way keeps mostly the last task
+    toy = {"num_codebooks": 16, "keys_per_codebook": 32, "key_dim": 2, "epochs": 10}
+    dkvb, linear = make_strategy(**toy), make_strategy(decoder="linear", **toy)
+    joint, incremental = last_accuracy(dkvb, increment=8), last_accuracy(dkvb, increment=2)
+    linear_joint, linear_incremental = last_accuracy(linear, 8), last_accuracy(linear, 2)
+    # Measured: 0.9975, 0.995, 0.995, 0.295. Both learn the eight blobs jointly; learnt in four
+    # tasks of two classes with no replay, DKVB's A_last stays at its joint accuracy while the
+    # linear classifier trained the same way keeps little more than the last task (2/8 = 0.25).
+    assert joint > 0.9 and linear_joint > 0.9
+    assert incremental > joint - 0.05
+    assert linear_incremental < 0.5
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("section, message", [
+    ({"decoder": "attention"}, "dkvb.decoder"),
+    ({"key_init": {"source": "stream"}}, "key_init.source"),
+    ({"key_init": {"source": "dataset"}}, "key_init.dataset.name"),
+    ({"key_init": {"source": "file"}}, "key_init.path"),
+    ({"num_codebooks": 0}, "num_codebooks"),
+])
+def test_bad_settings_are_config_errors_naming_the_field(section, message):
+    with pytest.raises(ConfigError, match=message):
+        make_strategy(**section)
+
+
+def test_keys_can_come_from_a_file_of_unlabelled_images(tmp_path):
+    images = clustered(50, seed=11)[0].reshape(-1, 1, 1, FEATURE_DIM)
+    np.save(tmp_path / "unlabelled.npy", images)
+    strategy = make_strategy(key_init={"source": "file", "path": str(tmp_path / "unlabelled.npy")})
+    strategy.init(jax.random.key(0), make_spec())
+    features, where = strategy.unlabelled_features(task=None)  # the file, not the task
+    np.testing.assert_array_equal(features, images.reshape(50, FEATURE_DIM))
+    assert where["source"] == "file"
+    np.save(tmp_path / "flat.npy", images.reshape(50, FEATURE_DIM))
+    flat = make_strategy(key_init={"source": "file", "path": str(tmp_path / "flat.npy")})
+    flat.init(jax.random.key(0), make_spec())
+    with pytest.raises(DataError, match="shape"):
+        flat.unlabelled_features(task=None)

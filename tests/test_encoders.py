@@ -16,8 +16,8 @@ SHAPE = (8, 8, 1)
 MODEL = {"name": "cnn", "channels": (4, 8)}
 
 
-def tiny_network(seed=0, model=MODEL):
-    return models.build(ml_collections.ConfigDict(model), SHAPE, 3, seed=seed)
+def tiny_network():
+    return models.build(ml_collections.ConfigDict(MODEL), SHAPE, 3, seed=0)
 
 
 def meta(**changes):
@@ -50,8 +50,8 @@ def test_round_trip_gives_the_networks_features_and_its_bytes(saved):
     assert encoder.num_bytes == pytree_bytes(params) + pytree_bytes(rest) > 0
 
 
-def test_encoder_stages_cut_the_network(tmp_path):
-    network = tiny_network()
+def test_encoder_stages_cut_the_network(saved, tmp_path):
+    network = saved[0]
     encoder = encoders.load_encoder(encoders.save_encoder(tmp_path, network, meta(encoder_stages=1)))
     x = images(5)
     assert encoder.feature_dim == 4 * 4 * 4  # after the first conv block: 4x4 spatial, 4 channels
@@ -66,8 +66,10 @@ def test_missing_or_mismatched_checkpoints_are_one_line_errors(saved, tmp_path):
     with pytest.raises(ConfigError, match="takes images"):
         encoders.load_encoder(directory, expected_image_shape=(32, 32, 3))
     # Weights that do not fit the architecture the record names.
-    wrong = encoders.save_encoder(tmp_path / "wrong", tiny_network(model={"name": "cnn",
-                                                                         "channels": (4, 16)}), meta())
+    wrong = encoders.save_encoder(tmp_path / "wrong", saved[0], meta())
+    record = json.loads((wrong / encoders.META_FILE).read_text())
+    record["model"]["channels"] = [4, 16]
+    (wrong / encoders.META_FILE).write_text(json.dumps(record))
     with pytest.raises(DataError, match="pretrain it again"):
         encoders.load_encoder(wrong)
     (tmp_path / "bad").mkdir()

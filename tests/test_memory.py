@@ -15,7 +15,7 @@ LENGTH = 48  # every task's arrays are padded to this many examples, as a traine
 
 
 def task(classes, per_class, first_id):
-    """Padded (images, labels, size); an example's id is written in its pixels (id + 1, 0 = none)."""
+    """Padded (images, labels, size); each example's id + 1 fills its pixels (0: padding)."""
     labels = np.repeat(np.asarray(classes, np.int32), per_class)
     ids = first_id + np.arange(len(labels))
     images = np.zeros((LENGTH, *SHAPE), np.uint8)
@@ -38,7 +38,8 @@ def features_of(images):
 
 def contents(buffer):
     size = int(buffer.size)
-    return np.asarray(buffer.images)[:size, 0, 0, 0].astype(int) - 1, np.asarray(buffer.labels)[:size]
+    ids = np.asarray(buffer.images)[:size, 0, 0, 0].astype(int) - 1
+    return ids, np.asarray(buffer.labels)[:size]
 
 
 def run(mem, tasks, key=0):
@@ -52,19 +53,29 @@ def run(mem, tasks, key=0):
 
 
 POLICIES = [("random", True), ("random", False), ("reservoir", False), ("herding", True)]
+CAPACITY = 9
+_memories = {}
+
+
+def memory_of(selection, balanced):
+    """One memory per policy for the whole module: each compiles its update once."""
+    if (selection, balanced) not in _memories:
+        _memories[selection, balanced] = memory.ExemplarMemory(CAPACITY, SHAPE, NUM_CLASSES,
+                                                               selection, balanced)
+    return _memories[selection, balanced]
 
 
 @pytest.mark.parametrize("selection,balanced", POLICIES)
 def test_buffer_never_exceeds_capacity_and_reports_exact_bytes(selection, balanced):
-    mem = memory.ExemplarMemory(9, SHAPE, NUM_CLASSES, selection, balanced)
+    mem = memory_of(selection, balanced)
     offered_ids, offered_labels = set(), {}
     for buffer, (images, labels, size) in zip(run(mem, stream()), stream()):
         ids = np.asarray(images)[:size, 0, 0, 0].astype(int) - 1
         offered_ids |= set(ids)
         offered_labels.update(zip(ids, labels[:size]))
         kept, kept_labels = contents(buffer)
-        assert int(buffer.size) == min(9, len(offered_ids))
-        assert set(kept) <= offered_ids and len(set(kept)) == len(kept)  # no copies, nothing made up
+        assert int(buffer.size) == min(CAPACITY, len(offered_ids))
+        assert set(kept) <= offered_ids and len(set(kept)) == len(kept)  # no copies, no made-up
         assert [offered_labels[i] for i in kept] == list(kept_labels)
         assert not np.asarray(buffer.images)[int(buffer.size):].any()  # unused slots stay empty
         report = mem.report(buffer)
@@ -82,24 +93,25 @@ def test_capacity_from_a_byte_budget_is_what_the_model_leaves():
     assert memory.exemplar_capacity(Budget(), per, 512, default=7) == 7
     with pytest.raises(ConfigError, match="budget_bytes"):
         memory.exemplar_capacity(Budget(max_bytes=100), per, 512, default=7)
-    # Filled to that capacity, the buffer and the model fit the budget exactly or under it.
-    capacity = memory.exemplar_capacity(Budget(max_bytes=300), per, 200 + memory.COUNTER_BYTES, 0)
-    mem = memory.ExemplarMemory(capacity, SHAPE, NUM_CLASSES, "random", True)
-    report = mem.report(run(mem, stream())[-1])
-    assert report.num_exemplars == capacity == 18
-    assert 200 + report.charged_bytes() <= 300
+    # Filled to that capacity, the buffer and the model fit the budget.
+    model = 200
+    budget = Budget(max_bytes=model + memory.COUNTER_BYTES + CAPACITY * per + per - 1)
+    assert memory.exemplar_capacity(budget, per, model + memory.COUNTER_BYTES, 0) == CAPACITY
+    report = memory_of("random", True).report(run(memory_of("random", True), stream())[-1])
+    assert report.num_exemplars == CAPACITY
+    assert model + report.charged_bytes() <= budget.max_bytes
 
 
 @pytest.mark.parametrize("selection", ["random", "herding"])
 def test_class_balanced_shares_are_equal_and_shrink_by_removal(selection):
-    mem = memory.ExemplarMemory(11, SHAPE, NUM_CLASSES, selection, class_balanced=True)
+    mem = memory_of(selection, True)
     previous = {}
     for t, buffer in enumerate(run(mem, stream())):
         ids, labels = contents(buffer)
         counts = np.bincount(labels, minlength=2 * (t + 1))
-        assert counts.sum() == 11 and counts.max() - counts.min() <= 1, counts
-        if t:
-            assert sum(len(ids[labels == c]) for c in range(2 * t)) < 11  # old classes gave way
+        assert counts.sum() == CAPACITY and counts.max() - counts.min() <= 1, counts
+        if t:  # the old classes gave way
+            assert sum(len(ids[labels == c]) for c in range(2 * t)) < CAPACITY
         assert list(labels) == sorted(labels)  # kept sorted by class
         for c in range(2 * t):  # an old class only loses exemplars, never gains other ones
             now = ids[labels == c]
@@ -142,9 +154,12 @@ def test_herding_first_pick_is_nearest_the_class_mean_and_order_matches_icarl():
 def inclusion_counts(mem, batches, trials):
     """How often each stream example is in the buffer at the end, over ``trials`` seeds."""
     def one_trial(key):
-        buffer = mem.empty()
-        for t, (images, labels, size) in enumerate(batches):
-            buffer = mem._update_impl(buffer, images, labels, size, jax.random.fold_in(key, t), None)
+        def offer(buffer, batch):
+            images, labels, size, t = batch
+            return mem._update_impl(buffer, images, labels, size, jax.random.fold_in(key, t),
+                                    None), None
+        stacked = [jnp.stack(parts) for parts in zip(*batches)]
+        buffer, _ = jax.lax.scan(offer, mem.empty(), (*stacked, jnp.arange(len(batches))))
         ids = buffer.images[:, 0, 0, 0].astype(jnp.int32) - 1
         return jnp.zeros(64, jnp.int32).at[ids].add(jnp.arange(mem.capacity) < buffer.size,
                                                     mode="drop")

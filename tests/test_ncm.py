@@ -16,7 +16,8 @@ KEY = jax.random.key(5)
 
 
 def make(**section):
-    section.setdefault("encoder", {"name": "identity"})
+    # Small encoder batches: the tiny tasks are padded to one batch, not to 500 images.
+    section["encoder"] = {"name": "identity", "batch_size": 32, **section.get("encoder", {})}
     config = tiny_config(ncm=section)
     strategy = load_strategy("ncm", config)
     spec = experiment.stream_spec(STREAM, config.memory)
@@ -140,7 +141,7 @@ def test_frozen_encoder_is_bitwise_unchanged_and_reported_apart(tmp_path):
     directory = encoders.save_encoder(tmp_path, network, {
         "model": {"name": "cnn", "channels": (4, 8)}, "image_shape": STREAM.image_shape,
         "num_classes": 2, "encoder_stages": None, "trained_on": {"data": "none"}})
-    strategy, state = make(encoder={"checkpoint": str(directory)}, anchors=2)
+    strategy, state = make(encoder={"name": "checkpoint", "checkpoint": str(directory)}, anchors=2)
     before = jax.tree.map(np.array, strategy.encoder.weights)
     for t in range(STREAM.num_tasks):
         state = strategy.learn(state, STREAM.train_task(t), jax.random.key(t)).state

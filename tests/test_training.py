@@ -1,4 +1,4 @@
-"""The shared trainer: compiled once per run, memory batches, masking, data parallelism, distillation."""
+"""The shared trainer: one compile per run, memory batches, masking, data parallel, distillation."""
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,7 @@ from cil.training import DeviceData, Distillation, MemoryBatches, Trainer, disti
 SHAPE = (4, 4, 1)
 TRAIN = ml_collections.ConfigDict({"optimizer": "sgd", "learning_rate": 0.2, "momentum": 0.0,
                                    "weight_decay": 0.0, "batch_size": 16})
+CAPACITY, MEMORY_BATCH = 128, 8
 
 
 def network(seed=0):
@@ -41,6 +42,13 @@ def memory_of(classes, slots=32):
     return DeviceData(jnp.asarray(images), jnp.asarray(labels), jnp.int32(len(classes)))
 
 
+@pytest.fixture(scope="module")
+def shared():
+    """One trainer for the module's tests, so each of its variants compiles once."""
+    graphdef, net = network()
+    return Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=CAPACITY), net
+
+
 class CompileCounter:
     """Counts XLA compilations while active (what a recompile per task would show)."""
 
@@ -56,9 +64,8 @@ class CompileCounter:
 jax.monitoring.register_event_duration_secs_listener(CompileCounter.listen)
 
 
-def test_one_compile_per_variant_whatever_the_data_and_memory_sizes():
-    graphdef, net = network()
-    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=100)
+def test_one_compile_per_variant_whatever_the_data_and_memory_sizes(shared):
+    trainer, net = shared
     key = jax.random.key(0)
 
     def fit(n, memory_size):
@@ -66,44 +73,42 @@ def test_one_compile_per_variant_whatever_the_data_and_memory_sizes():
         data = trainer.put(images_of(labels), labels)
         memory = None
         if memory_size:
-            memory = MemoryBatches(memory_of([2, 3] * (memory_size // 2)), batch_size=8)
+            memory = MemoryBatches(memory_of([2, 3] * (memory_size // 2)), MEMORY_BATCH)
         return trainer.fit(net, data, key, num_seen=4, epochs=2, memory=memory)
 
     fit(30, 0), fit(30, 4)  # compiles the epoch without memory and the epoch with it
     CompileCounter.count, CompileCounter.active = 0, True
     try:
-        counts = [fit(n, m)[1] for n, m in ((100, 0), (7, 0), (64, 10), (33, 30), (16, 2))]
+        counts = [fit(n, m)[1] for n, m in ((128, 0), (7, 0), (64, 10), (33, 30), (16, 2))]
     finally:
         CompileCounter.active = False
     assert CompileCounter.count == 0
     # Every trained example counts, the memory's too: epochs x (n + steps x min(batch, memory)).
-    assert counts == [2 * 100, 2 * 7, 2 * (64 + 4 * 8), 2 * (33 + 3 * 8), 2 * (16 + 1 * 2)]
+    assert counts == [2 * 128, 2 * 7, 2 * (64 + 4 * 8), 2 * (33 + 3 * 8), 2 * (16 + 1 * 2)]
 
 
 def accuracy(trainer, net, images, labels):
     return float(np.mean(np.argmax(np.asarray(trainer.logits(net, images))[:, :2], -1) == labels))
 
 
-def test_memory_batches_are_trained_on():
+def test_memory_batches_are_trained_on(shared):
     # New data holds class 0 only, the memory class 1 only: the model learns class 1 only from
     # the memory batches gathered inside the step.
-    graphdef, net = network()
-    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=64)
+    trainer, net = shared
     data = trainer.put(images_of(np.zeros(64, int)), np.zeros(64, np.int32))
     memory = memory_of([1] * 6)
     test_images = images_of(np.ones(20, int), seed=5)
     key = jax.random.key(1)
-    with_memory, _ = trainer.fit(net, data, key, 2, 5, memory=MemoryBatches(memory, 16))
+    with_memory, _ = trainer.fit(net, data, key, 2, 5, memory=MemoryBatches(memory, MEMORY_BATCH))
     without, _ = trainer.fit(net, data, key, 2, 5)
     assert accuracy(trainer, with_memory, test_images, 1) == 1.0
     assert accuracy(trainer, without, test_images, 1) == 0.0
 
 
-def test_padding_never_reaches_the_loss():
-    # 10 real examples of class 1 in a capacity of 160: the 150 padding slots hold blank images
+def test_padding_never_reaches_the_loss(shared):
+    # 10 real examples of class 1 in a capacity of 128: the 118 padding slots hold blank images
     # labelled 0. Were they trained on, a blank image would come out as class 0.
-    graphdef, net = network()
-    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=160)
+    trainer, net = shared
     data = trainer.put(images_of(np.ones(10, int)), np.ones(10, np.int32))
     trained, count = trainer.fit(net, data, jax.random.key(2), 2, 20)
     assert count == 200
@@ -111,10 +116,9 @@ def test_padding_never_reaches_the_loss():
     assert accuracy(trainer, trained, blank, 1) == 1.0
 
 
-def test_fit_leaves_its_input_network_intact():
+def test_fit_leaves_its_input_network_intact(shared):
     # Epochs donate their buffers; fit copies first, so a teacher (iCaRL) or old state survives.
-    graphdef, net = network()
-    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=32)
+    trainer, net = shared[0], network(seed=3)[1]
     before = jax.tree.map(np.asarray, net)
     data = trainer.put(images_of(np.arange(32) % 2), np.arange(32, dtype=np.int32) % 2)
     trainer.fit(net, data, jax.random.key(3), 2, 1)
@@ -148,11 +152,10 @@ def test_distillation_loss_on_old_classes_only():
     np.testing.assert_allclose(grad, 0.0, atol=1e-7)
 
 
-def test_distillation_holds_the_teacher_on_the_old_classes():
+def test_distillation_holds_the_teacher_on_the_old_classes(shared):
     # A teacher learns classes 0/1, then students learn classes 2/3 only: with distillation, the
     # student's scores among the old classes stay much closer to the teacher's.
-    graphdef, net = network()
-    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=64)
+    trainer, net = shared
     old_labels, new_labels = np.arange(64) % 2, 2 + np.arange(64) % 2
     teacher, _ = trainer.fit(net, trainer.put(images_of(old_labels), old_labels),
                              jax.random.key(5), 2, 10)
@@ -168,9 +171,8 @@ def test_distillation_holds_the_teacher_on_the_old_classes():
     assert gap["distilled"] < gap["plain"] / 2, gap
 
 
-def test_memory_batch_must_split_over_the_devices():
-    graphdef, net = network()
-    trainer = Trainer(graphdef, TRAIN, parallel.data_mesh(), capacity=32)
+def test_memory_batch_must_split_over_the_devices(shared):
+    trainer, net = shared
     data = trainer.put(images_of(np.arange(32) % 2), np.arange(32, dtype=np.int32) % 2)
     with pytest.raises(ConfigError, match="memory batch size=7 must be a multiple of the 2"):
         trainer.fit(net, data, jax.random.key(0), 2, 1, memory=MemoryBatches(memory_of([0]), 7))

@@ -1,0 +1,205 @@
+"""DKVB against a linear probe, an MLP, NCM and replay on Split-Fashion-MNIST B0-Inc2, frozen encoders.
+
+    python benchmarks/dkvb_fmnist.py --workdir=workdir/bench_dkvb              # 3 seeds, the table
+    python benchmarks/dkvb_fmnist.py --workdir=/tmp/b --seeds=0 --methods=dkvb,probe
+
+Data. Fashion-MNIST's 60,000 training images are split once (seed 0) into 10,000 held-out images
+and a 50,000-image stream: B0-Inc2, class order 0..9, tested on the full 10,000-image test set. The
+held-out images never enter the stream; they serve (1) with their labels, to pretrain the CNN
+encoder, and (2) without labels, to fit DKVB's keys (``key_init.source = "file"``), as the paper
+fits keys on CIFAR-100 for a CIFAR-10 stream.
+
+Encoders, both frozen:
+- ``pixels``: the identity (flattened pixels in [0, 1], 784 features). Nothing is pretrained.
+- ``cnn``: the small CNN of configs/pretrain_fmnist.py (conv 32, conv 64, global mean pool: 64
+  features; Adam 1e-3, batch 128, 5 epochs), trained on the held-out images of all ten classes.
+  Data disjoint from the stream, classes not: like the paper's ImageNet encoders for CIFAR, it has
+  seen labelled examples of classes the stream presents later.
+
+Methods on each encoder (all through the suite's evaluator, PROTOCOL.md):
+- ``dkvb``: the CPU-sized default (64 codebooks x 512 keys x 14; SGD lr 0.3, batch 256, clipping
+  1.0, label smoothing 0.1, 20 epochs per task), keys from the held-out images;
+- ``probe`` / ``mlp``: the paper's baselines, ``dkvb.decoder = linear / mlp`` (hidden 128) on the
+  same features, trained the same way (same optimiser, batch, clipping, smoothing, epochs);
+- ``ncm``: baselines/ncm.py (TILDA) with its defaults, on the same encoder;
+and once, with no encoder (it trains its own network on the images):
+- ``replay``: baselines/replay.py, the MLP 784-400-400 of configs/fashion_mnist.py (SGD lr 0.01,
+  batch 128, 5 epochs per task), its exemplar buffer sized by a byte budget equal to what DKVB
+  keeps (memory-aligned: exemplars = budget less the network's bytes, at 784 bytes an image).
+
+It writes results under --workdir (resumable: finished runs are skipped) and prints the Markdown
+table that benchmarks/dkvb_fmnist.md holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cil import parallel  # noqa: E402
+
+parallel.use_host_devices()
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from cil import encoders, experiment, models  # noqa: E402
+from cil.data import sources, stream as streams  # noqa: E402
+from cil.results import ResultsWriter, read_summaries, stable_hash  # noqa: E402
+from cil.strategy import load_strategy  # noqa: E402
+from cil.training import Trainer  # noqa: E402
+from configs.dkvb_fmnist import get_config  # noqa: E402
+
+HELD_OUT = 10_000
+SPLIT_SEED = 0
+ENCODERS = ("pixels", "cnn")
+METHODS = ("dkvb", "probe", "mlp", "ncm", "replay")
+CNN = {"name": "cnn", "channels": (32, 64)}
+CNN_TRAIN = {"optimizer": "adam", "learning_rate": 1e-3, "momentum": 0.0, "weight_decay": 0.0,
+             "batch_size": 128, "epochs": 5}
+# What DKVB keeps with the default sizes and ten classes: the replay budget (memory-aligned).
+DKVB_BYTES = 64 * 512 * 14 * 4 + 64 * 512 * 10 * 4 + 64 * 512 + 2 * 8 + 1
+
+
+def split_held_out(dataset: sources.Dataset):
+    """(held-out images and labels, the stream's Dataset): a random 10,000 of the training images out."""
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(dataset.train_labels))
+    held, kept = np.sort(order[:HELD_OUT]), np.sort(order[HELD_OUT:])
+    stream_data = sources.Dataset(dataset.name, dataset.train_images[kept], dataset.train_labels[kept],
+                                  dataset.test_images, dataset.test_labels, dataset.class_names)
+    return dataset.train_images[held], dataset.train_labels[held], stream_data
+
+
+def pretrain_cnn(images, labels, directory: Path) -> float:
+    """Trains the CNN on the held-out images (all ten classes) and saves it as a frozen encoder."""
+    if (directory / encoders.META_FILE).is_file():
+        return float("nan")
+    network = models.build(ml_collections.ConfigDict(CNN), images.shape[1:], 10, seed=jax.random.key(0))
+    graphdef, params, model_state = nnx.split(network, nnx.Param, ...)
+    trainer = Trainer(graphdef, ml_collections.ConfigDict(CNN_TRAIN), parallel.data_mesh(), len(labels))
+    net, data = trainer.init(params, model_state), trainer.put(images, labels)
+    start = time.perf_counter()
+    for epoch in range(CNN_TRAIN["epochs"]):
+        net, _ = trainer.epoch(net, data, jax.random.key(epoch), 10)
+    seconds = time.perf_counter() - start
+    trained = nnx.merge(graphdef, net["params"], net["model_state"])
+    encoders.save_encoder(directory, trained, {
+        "model": CNN, "image_shape": list(images.shape[1:]), "num_classes": 10,
+        "encoder_stages": None,
+        "trained_on": {"data": "held-out", "dataset": "fashion_mnist", "images": len(labels),
+                       "split_seed": SPLIT_SEED, "epochs": CNN_TRAIN["epochs"]}})
+    return seconds
+
+
+def method_config(method: str, encoder: str, workdir: Path) -> tuple[str, ml_collections.ConfigDict]:
+    """(strategy name, config) of one row of the table."""
+    config = get_config()
+    encoder_section = ({"name": "identity"} if encoder == "pixels" else
+                       {"name": "checkpoint", "checkpoint": str(workdir / "encoders" / "cnn")})
+    with config.unlocked():
+        del config["dkvb"]
+        if method in ("dkvb", "probe", "mlp"):
+            decoder = {"dkvb": "key_values", "probe": "linear", "mlp": "mlp"}[method]
+            config.dkvb = {"encoder": encoder_section, "decoder": decoder,
+                           "key_init": {"source": "file", "path": str(workdir / "held_out.npy"),
+                                        "cache_dir": str(workdir / "key_cache")}}
+            name = "dkvb"
+        elif method == "ncm":
+            config.ncm = {"encoder": encoder_section}
+            name = "ncm"
+        else:
+            config.train.epochs = 5
+            config.memory.budget_bytes = DKVB_BYTES
+            name = "replay"
+    config.strategies = (name,)
+    return name, config
+
+
+def run(method, encoder, seeds, stream, workdir: Path, writer: ResultsWriter) -> list[dict]:
+    name, config = method_config(method, encoder, workdir)
+    identity = experiment.stream_identity(config, stream)
+    identity["dataset"] = f"{stream.dataset_name} (50,000-image stream, {HELD_OUT:,} held out)"
+    spec = experiment.stream_spec(stream, config.memory)
+    strategy = load_strategy(name, config)
+    settings = experiment.run_config(name, config)
+    summaries = []
+    for seed in seeds:
+        run_id = stable_hash({"stream": identity, "config": settings, "seed": seed})
+        if writer.is_complete(run_id):
+            print(f"[{method} / {encoder} seed {seed}] done before, skipped")
+            continue
+        header = {"run_id": run_id, "config_hash": stable_hash(config.to_dict()),
+                  "strategy": name, "seed": seed, "label": f"{method}/{encoder}", **identity}
+        loop = experiment.RunLoop(strategy, stream, spec, config, header, writer, workdir, print)
+        summaries.append(loop.run(settings))
+    return summaries
+
+
+def table(summaries: list[dict]) -> str:
+    """Markdown: one row per (method, encoder), mean ± std over seeds."""
+    rows = {}
+    for s in summaries:
+        rows.setdefault(s["label"], []).append(s)
+    lines = ["| method | encoder | A_last (%) | Ā (%) | F (%) | charged bytes | encoder bytes | "
+             "train s | eval s | compile s | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def pct(runs, key):
+        values = 100 * np.array([r[key] for r in runs])
+        return f"{values.mean():.1f} ± {values.std():.1f}"
+
+    def mean(runs, key):
+        return f"{np.mean([r[key] for r in runs]):.1f}"
+
+    order = [f"{m}/{e}" for e in ENCODERS for m in METHODS if m != "replay"] + ["replay/none"]
+    for label in [l for l in order if l in rows]:
+        runs = rows[label]
+        method, encoder = label.split("/")
+        memory = runs[0]["memory_by_category"]
+        lines.append(f"| {method} | {encoder} | {pct(runs, 'last_acc')} | {pct(runs, 'avg_inc_acc')} "
+                     f"| {pct(runs, 'forgetting')} | {runs[0]['memory_bytes']:,} | "
+                     f"{memory['encoder_params']:,} | {mean(runs, 'train_seconds')} | "
+                     f"{mean(runs, 'eval_seconds')} | {mean(runs, 'compile_seconds')} | {len(runs)} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="workdir/bench_dkvb")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--encoders", default=",".join(ENCODERS))
+    args = parser.parse_args()
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods, encoder_names = args.methods.split(","), args.encoders.split(",")
+
+    dataset = sources.load(ml_collections.ConfigDict({"name": "fashion_mnist"}))
+    held_images, held_labels, stream_data = split_held_out(dataset)
+    np.save(workdir / "held_out.npy", held_images)
+    if "cnn" in encoder_names:
+        seconds = pretrain_cnn(held_images, held_labels, workdir / "encoders" / "cnn")
+        if seconds == seconds:  # not NaN: trained now
+            print(f"CNN encoder pretrained on the {HELD_OUT:,} held-out images in {seconds:.1f}s")
+    stream = streams.make_stream(stream_data, 0, 2, explicit_order=list(range(10)))
+    print(f"stream: {len(stream.train_labels):,} train / {len(stream.test_labels):,} test images, "
+          f"{stream.num_tasks} tasks; {len(jax.devices())} {jax.devices()[0].platform} device(s)")
+
+    writer = ResultsWriter(workdir)
+    for encoder in encoder_names:
+        for method in [m for m in methods if m != "replay"]:
+            run(method, encoder, seeds, stream, workdir, writer)
+    if "replay" in methods:
+        run("replay", "none", seeds, stream, workdir, writer)
+    print(table([s for s in read_summaries(workdir) if "label" in s]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Partial network sharing (Sarwar, Ankit and Roy, IEEE Access 2019): a frozen trunk, a branch per task.
+"""Partial network sharing (Sarwar, Ankit and Roy, IEEE Access 2019): a shared trunk, task branches.
 
     config.strategies = ("partial_sharing",)
     config.partial_sharing = {"shared_stages": 2}      # or {"shared_fraction": 0.5}
@@ -11,14 +11,14 @@ The network grows instead of being overwritten (the paper's "clone-and-branch"):
   the task's classes and trains only that branch, on the trunk's features of the task's images;
 - ``predict`` runs the trunk once, then the base network's own tail and every learned branch, and
   merges their scores into one score per seen class (``merge`` and calibration, below).
-Nothing learned is ever changed again, so old classes cannot be forgotten through their weights; what
-a new branch can still do is outscore an old one on the old classes' images (class-incremental: no
-task id at test time), which is what the merge and calibration are for.
+Nothing learned is ever changed again, so old classes cannot be forgotten through their weights;
+what a new branch can still do is outscore an old one on the old classes' images (class-incremental:
+no task id at test time), which is what the merge and calibration are for.
 
 Settings (``config.partial_sharing``) and defaults:
 - ``shared_stages`` k: 0 shares nothing (each branch is a whole network, cloned from the base),
-  ``len(stages)`` shares all but the head. Unset, ``shared_fraction`` picks it: the longest prefix of
-  stages holding at most that fraction of the base network's parameters. Default 0.5: the paper
+  ``len(stages)`` shares all but the head. Unset, ``shared_fraction`` picks it: the longest prefix
+  of stages holding at most that fraction of the base network's parameters. Default 0.5: the paper
   chooses the sharing point per application by sweeping it against the accuracy lost; half the
   parameters is our default, and benchmarks/partial_sharing_sweep.py measures the whole range.
 - ``merge``: how a branch's scores become comparable to another's. ``"softmax"`` (default): each
@@ -73,15 +73,17 @@ _FLOPS_BATCH = 8  # examples in the batch XLA's cost analysis counts; results ar
 
 
 def count_params(module) -> int:
+    """The number of trainable parameters (``nnx.Param`` entries) of a module."""
     return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(module, nnx.Param))))
 
 
-def sharing_point(stages, total_params: int, shared_stages: int | None, shared_fraction: float) -> int:
-    """k, the number of leading stages shared: ``shared_stages`` if set, else by parameter fraction."""
+def sharing_point(stages, total_params: int, shared_stages: int | None,
+                  shared_fraction: float) -> int:
+    """k, the number of leading stages shared: ``shared_stages`` if set, else by parameter share."""
     if shared_stages is not None:
         if not 0 <= shared_stages <= len(stages):
-            raise ConfigError(f"partial_sharing.shared_stages={shared_stages} is outside 0..{len(stages)}, "
-                              f"the stages of this network; choose a value in that range")
+            raise ConfigError(f"partial_sharing.shared_stages={shared_stages} is outside "
+                              f"0..{len(stages)}, the stages of this network; choose one of those")
         return shared_stages
     if not 0.0 <= shared_fraction <= 1.0:
         raise ConfigError(f"partial_sharing.shared_fraction={shared_fraction} is not in [0, 1]; "
@@ -138,7 +140,7 @@ def xla_flops(fn, *args) -> float:
 
 
 def forward_flops(net: Network, x, stop: int | None = None) -> float:
-    """Inference FLOPs per example: the stages [0, stop) when ``stop`` is given, else the network."""
+    """Inference FLOPs per example: stages [0, stop) when ``stop`` is given, else the network."""
     graphdef, state = nnx.split(net)
 
     def forward(state, x):
@@ -153,7 +155,7 @@ def train_flops(net: Network, x) -> float:
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
 
     def objective(params, rest, x):
-        return nnx.merge(graphdef, params, rest)(x, train=True).sum()
+        return nnx.merge(graphdef, params, rest, copy=True)(x, train=True).sum()
 
     return xla_flops(jax.grad(objective), params, rest, x) / len(x)
 
@@ -203,7 +205,8 @@ class PartialSharing(Strategy):
                                      for t, s in enumerate(spec.tasks)])
         mesh = parallel.data_mesh()
         self.base_graphdef = nnx.split(base, nnx.Param, ...)[0]
-        self.base_trainer = Trainer(self.base_graphdef, self.config.train, mesh, spec.train_sizes[0])
+        self.base_trainer = Trainer(self.base_graphdef, self.config.train, mesh,
+                                    spec.train_sizes[0])
         if spec.num_tasks > 1:
             branch = clone_branch(base, self.k, self.branch_classes, key)
             self.branch_graphdef = nnx.split(branch, nnx.Param, ...)[0]
@@ -258,7 +261,8 @@ class PartialSharing(Strategy):
             "calibration": jnp.zeros((T, 2), jnp.float32),
         }) | {
             # Kept images for calibration: class c owns slots [c * per_class, (c + 1) * per_class).
-            "exemplar_images": np.zeros((spec.num_classes * per_class, *spec.image_shape), np.uint8),
+            "exemplar_images": np.zeros((spec.num_classes * per_class, *spec.image_shape),
+                                        np.uint8),
             "exemplar_labels": np.full(spec.num_classes * per_class, -1, np.int32),
         }
 
@@ -311,7 +315,8 @@ class PartialSharing(Strategy):
             slots = slice(c * per_class, c * per_class + len(chosen))
             images[slots], labels[slots] = task.images[chosen], c
             train[chosen] = False
-        return {**state, "exemplar_images": images, "exemplar_labels": labels}, np.flatnonzero(train)
+        state = {**state, "exemplar_images": images, "exemplar_labels": labels}
+        return state, np.flatnonzero(train)
 
     def _fit_calibration(self, state, branch: int):
         """The new branch's (log-scale, offset) that best classify the kept images; others fixed."""
@@ -464,9 +469,11 @@ class PartialSharing(Strategy):
         }
         if spec.num_tasks > 1:
             branch = clone_branch(base, self.k, self.branch_classes, jax.random.key(0))
-            task_net = models.build(self.model_config, spec.image_shape, self.branch_classes, seed=0)
+            task_net = models.build(self.model_config, spec.image_shape, self.branch_classes,
+                                    seed=0)
             out.update({
-                "branch_params": count_params(branch), "branch_bytes": pytree_bytes(nnx.state(branch)),
+                "branch_params": count_params(branch),
+                "branch_bytes": pytree_bytes(nnx.state(branch)),
                 "branch_flops": forward_flops(branch, features),
                 "branch_train_flops": train_flops(branch, features),
                 "task_network_bytes": [out["base_bytes"], pytree_bytes(nnx.state(task_net))],

@@ -53,7 +53,8 @@ from cil.timing import Stopwatch  # noqa: E402
 from configs.partial_sharing_fmnist import get_config as fmnist_config  # noqa: E402
 
 
-def synthetic32(num_classes: int, train_per_class: int, test_per_class=50, seed=0) -> sources.Dataset:
+def synthetic32(num_classes: int, train_per_class: int, test_per_class: int,
+                seed: int = 0) -> sources.Dataset:
     """Class c: a blocky random colour pattern of its own, shifted up to 4 pixels, plus noise."""
     rng = np.random.default_rng(seed)
     templates = np.kron(rng.normal(size=(num_classes, 4, 4, 3)), np.ones((1, 8, 8, 1)))
@@ -69,15 +70,17 @@ def synthetic32(num_classes: int, train_per_class: int, test_per_class=50, seed=
                            tuple(f"pattern{c}" for c in range(num_classes)))
 
 
-def first_per_class(dataset: sources.Dataset, per_class: int | None) -> sources.Dataset:
-    """The dataset with only the first ``per_class`` training images of each class (None: all)."""
-    if per_class is None:
-        return dataset
-    labels = dataset.train_labels
-    keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(dataset.num_classes)])
-    keep.sort()
-    return sources.Dataset(dataset.name, dataset.train_images[keep], labels[keep],
-                           dataset.test_images, dataset.test_labels, dataset.class_names)
+def first_per_class(dataset: sources.Dataset, train: int | None, test: int | None):
+    """The dataset with only the first ``train`` / ``test`` images of each class (None: all)."""
+    def first(labels, count):
+        if count is None:
+            return np.arange(len(labels))
+        return np.sort(np.concatenate([np.flatnonzero(labels == c)[:count]
+                                       for c in range(dataset.num_classes)]))
+
+    tr, te = first(dataset.train_labels, train), first(dataset.test_labels, test)
+    return sources.Dataset(dataset.name, dataset.train_images[tr], dataset.train_labels[tr],
+                           dataset.test_images[te], dataset.test_labels[te], dataset.class_names)
 
 
 def part(name: str, args):
@@ -87,19 +90,24 @@ def part(name: str, args):
         config.model = ml_collections.ConfigDict({"name": "resnet32"})
         config.train.update({"learning_rate": 0.05, "batch_size": 32, "epochs": args.epochs or 3})
         config.eval_batch_size = 100
-        dataset = synthetic32(args.synthetic_classes, args.train_per_class or 150)
+        dataset = synthetic32(args.synthetic_classes, args.train_per_class or 150,
+                              args.test_per_class or 50)
         stream = streams.make_stream(dataset, 2, 2, explicit_order=list(range(dataset.num_classes)))
         return config, stream, (0, 6, 11, 16, 17), ()
-    model = {"name": "mlp", "hidden": (400, 400)} if name == "fmnist_mlp" else config.model.to_dict()
-    config.model = ml_collections.ConfigDict(model)
+    if name == "fmnist_mlp":
+        config.model = ml_collections.ConfigDict({"name": "mlp", "hidden": (400, 400)})
     config.train.epochs = args.epochs or config.train.epochs
     config.dataset.path = args.fmnist_path
-    dataset = first_per_class(sources.load(config.dataset), args.train_per_class)
+    dataset = first_per_class(sources.load(config.dataset), args.train_per_class,
+                              args.test_per_class)
     stream = streams.make_stream(dataset, config.stream.initial, config.stream.increment,
                                  explicit_order=list(config.stream.class_order))
+    if name == "fmnist_cnn":
+        return config, stream, (0, 1, 2, 3), ()
     variants = (("k=1, logits", {"shared_stages": 1, "merge": "logits"}),
-                ("k=1, calibrated (20 per class)", {"shared_stages": 1, "calibration_per_class": 20}))
-    return config, stream, (0, 1, 2) if name == "fmnist_mlp" else (0, 1, 2, 3), variants
+                ("k=1, calibrated (20 per class)",
+                 {"shared_stages": 1, "calibration_per_class": 20}))
+    return config, stream, (0, 1, 2), variants
 
 
 class WithinTask:
@@ -130,7 +138,7 @@ def run(strategy, stream, spec, seed: int, batch_size: int) -> dict:
         A.append(A_t)
         tasks.append({"train_seconds": watch.seconds, "compile_seconds": watch.compile_seconds,
                       "charged_bytes": strategy.memory(state).charged_bytes(),
-                      "stats": strategy.task_stats(state) if hasattr(strategy, "task_stats") else {}})
+                      "stats": getattr(strategy, "task_stats", lambda _: {})(state)})
     correct = 0
     for span in stream.tasks:  # after the last task, each test image among its own task's classes
         in_task = np.isin(test.labels, span.classes)
@@ -186,39 +194,45 @@ def main():
     parser.add_argument("--train-per-class", type=int, default=None,
                         help="train on the first N images of each class (default: all; "
                              "synthetic32: 150)")
+    parser.add_argument("--test-per-class", type=int, default=None,
+                        help="test on the first N images of each class (default: all; "
+                             "synthetic32: 50)")
     parser.add_argument("--synthetic-classes", type=int, default=6, help="synthetic32's classes")
     parser.add_argument("--fmnist-path", default=None, help="folder of the Fashion-MNIST IDX files "
                         "(default: Debian's, see cil/data/sources.py)")
     parser.add_argument("--out", default=None, help="write every run's figures to this JSON file")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} cores; "
+          f"{' '.join(sys.argv[1:])}", flush=True)
     lines, record = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)], {}
     for name in args.parts.split(","):
-        started = time.time()
-        config, stream, points, variants = part(name, args)
-        spec = experiment.stream_spec(stream, config.memory)
-        settings = [("k=%d" % k, {"shared_stages": k}) for k in points] + list(variants)
-        ps_runs = {}
-        for label, section in [("finetune", None)] + settings:
-            cfg = ml_collections.ConfigDict(config.to_dict())
-            if section is not None:
-                cfg.partial_sharing = ml_collections.ConfigDict(section)
-            strategy = load_strategy("finetune" if section is None else "partial_sharing", cfg)
-            runs = [run(strategy, stream, spec, seed, config.eval_batch_size) for seed in seeds]
-            print(f"{name} {label}: A_last {np.mean([r['last_acc'] for r in runs]):.4f} "
-                  f"({time.time() - started:.0f} s)", flush=True)
-            ps_runs[label] = runs
-        for label, runs in ps_runs.items():
+        record[name] = sweep_part(name, args, seeds)
+        for label, runs in record[name].items():
             # Finetune's parameters and FLOPs are the finetune_* figures of any partial_sharing run.
-            stats = ps_runs["k=0" if label == "finetune" else label][0]["tasks"][-1]["stats"]
+            stats = record[name]["k=0" if label == "finetune" else label][0]["tasks"][-1]["stats"]
             lines.append(table_row(name, label, runs, stats, label == "finetune"))
-        record[name] = ps_runs
-        print(f"{name}: {time.time() - started:.0f} s", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(record, indent=1))
-    print(f"\n{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} cores; "
-          f"{' '.join(sys.argv[1:])}\n")
-    print("\n".join(lines))
+        print("\n" + "\n".join(lines), flush=True)  # so far: a part's rows survive a later crash
+        if args.out:
+            Path(args.out).write_text(json.dumps(record, indent=1))
+
+
+def sweep_part(name: str, args, seeds) -> dict:
+    """Every setting of one part over the seeds: {label: [one run's figures per seed]}."""
+    started = time.time()
+    config, stream, points, variants = part(name, args)
+    spec = experiment.stream_spec(stream, config.memory)
+    settings = [("finetune", None)] + [(f"k={k}", {"shared_stages": k}) for k in points]
+    runs = {}
+    for label, section in settings + list(variants):
+        cfg = ml_collections.ConfigDict(config.to_dict())
+        if section is not None:
+            cfg.partial_sharing = ml_collections.ConfigDict(section)
+        strategy = load_strategy("finetune" if section is None else "partial_sharing", cfg)
+        runs[label] = [run(strategy, stream, spec, seed, config.eval_batch_size) for seed in seeds]
+        print(f"{name} {label}: A_last {np.mean([r['last_acc'] for r in runs[label]]):.4f} "
+              f"({time.time() - started:.0f} s)", flush=True)
+    return runs
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/replay_fmnist.py --cores=1                 # the table, held to one core
     python benchmarks/replay_fmnist.py --cores=2                 # two cores, one device each
+    python benchmarks/replay_fmnist.py --cores=2 --devices=1     # two cores, one device
     python benchmarks/replay_fmnist.py --cores=1 --rows=replay-1000-e5 --seeds=0   # one run
 
 Rows: finetune, joint, and replay with a class-balanced random memory of 200 and 1,000 exemplars,
@@ -15,8 +16,10 @@ rate times the matrix-product FLOPs of one example: 2 per weight forward, 2 for 
 "63 GFLOP/s" counts 6 per weight, 2.87 MFLOP), beside one core's peak measured here as a 2048^3
 float32 matrix product in XLA.
 
-``--cores=N`` pins the process to the first N cores and gives XLA one host device per core with
-its intra-op threading off (``--xla_cpu_multi_thread_eigen=false``), before JAX starts.
+``--cores=N`` pins the process to the first N cores, before JAX starts, and gives XLA one host
+device per core (batches split over them, as run.py does) with its intra-op threading off
+(``--xla_cpu_multi_thread_eigen=false``); ``--devices=1`` instead keeps one device whose matrix
+products use every core (XLA's intra-op threads).
 
 ``--like-pytorch`` is a diagnostic: it patches in the two things the PyTorch suite of the targets
 does differently, which cil.models has no setting for (yet): inputs standardised with
@@ -53,6 +56,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                         help="pin to this many cores, one XLA host device each")
+    parser.add_argument("--devices", type=int, default=0,
+                        help="XLA host devices (default: one per core); 1: one, multithreaded")
     parser.add_argument("--rows", default=",".join(ROWS),
                         help="comma-separated: " + ", ".join(ROWS))
     parser.add_argument("--seeds", default="0,1,2")
@@ -70,12 +75,13 @@ def parse_args(argv):
     return args
 
 
-def hold_to_cores(cores: int) -> None:
-    """Pins the process to ``cores`` cores and sets XLA's threading, before JAX initialises."""
+def hold_to_cores(cores: int, devices: int) -> None:
+    """Pins the process to ``cores`` cores and sets XLA's devices and threads, before JAX starts."""
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
-    os.environ["CIL_HOST_DEVICES"] = str(cores)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false").strip()
+    os.environ["CIL_HOST_DEVICES"] = str(devices)
+    if devices == cores:  # one thread per device: the devices share the cores out
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false").strip()
 
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the training pixels in [0, 1]
@@ -151,7 +157,7 @@ def mlp_flops_per_example(config) -> int:
     return 6 * sum(a * b for a, b in zip(sizes, sizes[1:])) - 2 * sizes[0] * sizes[1]
 
 
-def machine_description(cores: int) -> str:
+def machine_description() -> str:
     import jax
 
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -214,14 +220,14 @@ def markdown(results, flops: int, peak: float) -> str:
 
 def main(argv) -> None:
     args = parse_args(argv)
-    hold_to_cores(args.cores)
+    hold_to_cores(args.cores, args.devices or args.cores)
     sys.path.insert(0, str(ROOT))
     from cil import parallel
 
     parallel.use_host_devices()
     if args.like_pytorch:
         imitate_pytorch_suite()
-    machine = machine_description(args.cores) + ("; --like-pytorch" if args.like_pytorch else "")
+    machine = machine_description() + ("; --like-pytorch" if args.like_pytorch else "")
     print(machine, flush=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="replay_fmnist_"))
     results = [run_row(row, args.seeds, workdir) for row in args.rows]

@@ -1,8 +1,9 @@
-"""Split-Fashion-MNIST B2-Inc2 (5 tasks) with the small CNN: partial network sharing against finetune.
+"""Split-Fashion-MNIST B2-Inc2 (5 tasks), small CNN: partial network sharing against finetune.
 
     python run.py --config=configs/partial_sharing_fmnist.py --workdir=workdir/ps_fmnist
-    python run.py --config=configs/partial_sharing_fmnist.py --config.partial_sharing.shared_stages=2
-    python run.py --config=configs/partial_sharing_fmnist.py:smoke     # 1 seed, 1 epoch, a small CNN
+    python run.py --config=configs/partial_sharing_fmnist.py \
+        --config.partial_sharing.shared_stages=2 --workdir=workdir/ps_fmnist_k2
+    python run.py --config=configs/partial_sharing_fmnist.py:smoke    # 1 seed, 1 epoch, small CNN
 
 CNN (conv 32, conv 64, global mean pool; stages: conv-pool, conv-pool, pool), SGD lr 0.01 momentum
 0.9, batch 128, 2 epochs per task, seeds 0, 1, 2, class order 0..9 (as configs/fashion_mnist.py).

@@ -67,7 +67,8 @@ def test_branch_is_a_clone_of_the_base_later_stages_with_a_fresh_head():
     base = models.build(ml_collections.ConfigDict(CNN), (4, 4, 1), 2, seed=0)
     branch = clone_branch(base, 1, 3, jax.random.key(5))
     assert len(branch.stages) == len(base.stages) - 1 and branch.head.out_features == 3
-    np.testing.assert_array_equal(branch.stages[0].conv.kernel[...], base.stages[1].conv.kernel[...])
+    cloned, original = branch.stages[0].conv.kernel, base.stages[1].conv.kernel
+    np.testing.assert_array_equal(cloned[...], original[...])
     branch.stages[0].conv.kernel[...] = branch.stages[0].conv.kernel[...] + 1.0
     assert not np.array_equal(branch.stages[0].conv.kernel[...], base.stages[1].conv.kernel[...])
 
@@ -85,7 +86,9 @@ def test_memory_is_parameter_count_times_dtype_size():
         assert stats["stored_bytes"] == report.learner_params
         assert stats["params_trained"] == (count_params(branch) if t else count_params(base))
         assert stats["one_network_per_task_bytes"] == (count_params(base) * (t + 1)) * 4
-        assert 0 < stats["train_flops_per_example_epoch"] < stats["finetune_train_flops_per_example_epoch"] or t == 0
+        if t:  # a branch trains fewer FLOPs than the whole network
+            assert 0 < stats["train_flops_per_example_epoch"] < stats[
+                "finetune_train_flops_per_example_epoch"]
 
 
 def test_kept_images_are_charged_as_exemplars():
@@ -151,7 +154,8 @@ def test_base_from_a_checkpoint_replaces_training_on_task_0(tmp_path):
     for saved, used in zip(leaves(state["base"]), leaves(learned.state["base"])):
         np.testing.assert_array_equal(saved, used)
     report = loaded.memory(learned.state)
-    assert report.learner_params == 0 and report.encoder_params == strategy.memory(state).learner_params
+    assert report.learner_params == 0
+    assert report.encoder_params == strategy.memory(state).learner_params  # MLP: no statistics
     images = stream.test_seen(0).images
     np.testing.assert_array_equal(np.asarray(strategy.predict(state, images))[:, :2],
                                   np.asarray(loaded.predict(learned.state, images))[:, :2])

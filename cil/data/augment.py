@@ -74,18 +74,33 @@ def image_hashes(images):
     return jnp.sum(flat * weights, axis=1, dtype=jnp.uint32)  # wraps modulo 2**32 by design
 
 
-def random_view(image, key, crop_padding: int, flip: bool):
-    """One augmented copy of one (H, W, C) image: a padded random crop, maybe a horizontal flip."""
-    # One draw of random bits serves all three choices (fewer PRNG calls, faster to compile);
-    # the modulo bias is below 1e-9 for any sensible padding.
-    dy, dx, flip_bit = jax.random.bits(key, (3,), jnp.uint32)
-    if crop_padding:
-        padded = jnp.pad(image, ((crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)))
-        span = jnp.uint32(2 * crop_padding + 1)
-        image = jax.lax.dynamic_slice(padded, (dy % span, dx % span, jnp.uint32(0)), image.shape)
-    if flip:
-        image = jnp.where(flip_bit & 1, image[:, ::-1], image)
-    return image
+def shift_and_flip(images, dy, dx, flip, crop_padding: int):
+    """Crops each (H, W, C) image of a batch at offset (dy, dx) of its zero-padded copy and mirrors
+    those with ``flip``: written as two 0/1 matrix products per image, not a gather.
+
+    Row r of the result is row r + dy - crop_padding of the image (zeros outside it); column c is
+    column c' + dx - crop_padding, with c' = W - 1 - c when flipped. XLA:CPU gathers one pixel at a
+    time and ran these views several times slower than the encoder; small matmuls are fast on every
+    backend and exact (each output pixel is one input pixel times 1).
+    """
+    n, h, w, _ = images.shape
+    rows = jax.nn.one_hot(jnp.arange(h)[None] + dy[:, None] - crop_padding, h)  # (n, H, H)
+    columns = jnp.where(flip[:, None], jnp.arange(w)[::-1][None], jnp.arange(w)[None])
+    columns = jax.nn.one_hot(columns + dx[:, None] - crop_padding, w)  # (n, W, W)
+    moved = jnp.einsum("nrh,nhwc,nkw->nrkc", rows, images.astype(jnp.float32), columns)
+    return moved.astype(images.dtype)
+
+
+def random_views(images, keys, crop_padding: int, flip: bool):
+    """One augmented copy of each image, image i drawn with ``keys[i]``."""
+    if not crop_padding and not flip:
+        return images
+    # One draw of random bits per image serves all three choices; the modulo bias is below 1e-9.
+    bits = jax.vmap(lambda k: jax.random.bits(k, (3,), jnp.uint32))(keys)
+    span = jnp.uint32(2 * crop_padding + 1)
+    dy, dx = (bits[:, 0] % span).astype(jnp.int32), (bits[:, 1] % span).astype(jnp.int32)
+    flips = (bits[:, 2] & 1).astype(bool) & flip
+    return shift_and_flip(images, dy, dx, flips, crop_padding)
 
 
 def views(images, key, num_views: int, config):
@@ -96,7 +111,7 @@ def views(images, key, num_views: int, config):
     def one_view(v):
         view_key = jax.random.fold_in(key, v)
         keys = jax.vmap(lambda h: jax.random.fold_in(view_key, h))(hashes)
-        augmented = jax.vmap(lambda x, k: random_view(x, k, pad, flip))(images, keys)
+        augmented = random_views(images, keys, pad, flip)
         if config.include_identity:
             augmented = jnp.where(v == 0, images, augmented)
         return augmented

@@ -57,7 +57,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from cil import dkvb_keys, encoders, models, parallel
 from cil.data import sources
@@ -85,7 +85,8 @@ def smoothed_seen_class_xent(smoothing: float):
     """Cross-entropy over the classes seen so far, labels smoothed over those classes."""
     def loss(logits, labels, num_seen):
         seen = (jnp.arange(logits.shape[-1]) < num_seen).astype(jnp.float32)
-        targets = (1.0 - smoothing) * jax.nn.one_hot(labels, logits.shape[-1]) + smoothing * seen / num_seen
+        one_hot = jax.nn.one_hot(labels, logits.shape[-1])
+        targets = (1.0 - smoothing) * one_hot + smoothing * seen / num_seen
         return optax.softmax_cross_entropy(mask_unseen(logits, num_seen), targets)
     return loss
 
@@ -103,7 +104,8 @@ class ClippedTrainer(Trainer):
 def lookup(keys, allowed, projection_seed, features, settings: dkvb_keys.KeySettings):
     """(N, C) nearest allowed key per codebook; the projections are regenerated from their seed."""
     seed = jax.random.wrap_key_data(projection_seed)
-    heads = dkvb_keys.project(features, dkvb_keys.random_projections(seed, features.shape[1], settings))
+    projections = dkvb_keys.random_projections(seed, features.shape[1], settings)
+    heads = dkvb_keys.project(features, projections)
     return dkvb_keys.nearest_keys(heads, keys, allowed)
 
 
@@ -127,11 +129,6 @@ def one_device_mesh() -> Mesh:
     of the 64 x 512 value table on 10,000 examples took 131 ms on two virtual CPU devices (the
     dense gradient all-reduced every step) and 28 ms on one."""
     return Mesh(jax.devices()[:1], ("data",))
-
-
-def by_codebook(mesh: Mesh, num_codebooks: int) -> NamedSharding:
-    """Keys and their masks split over the devices along the codebook axis (lookups run in parallel)."""
-    return NamedSharding(mesh, P("data" if num_codebooks % mesh.size == 0 else None))
 
 
 @jax.jit
@@ -221,7 +218,7 @@ class DKVB(Strategy):
         if self.uses_keys:
             s = self.settings
             mesh = parallel.data_mesh()
-            books = by_codebook(mesh, s.num_codebooks)
+            books = dkvb_keys.by_codebook(mesh, s.num_codebooks)
             state.update(jax.device_put({
                 "keys": jnp.zeros((s.num_codebooks, s.keys_per_codebook, s.key_dim), jnp.float32),
                 "used": jnp.zeros((s.num_codebooks, s.keys_per_codebook), bool)}, books))
@@ -255,34 +252,39 @@ class DKVB(Strategy):
     # --- keys ------------------------------------------------------------------------------------
 
     def with_keys(self, state, unlabelled_features, description: dict | None = None) -> dict:
-        """``state`` with its keys fitted to ``unlabelled_features`` (N, D) (or read from the cache)."""
+        """``state`` with keys fitted to ``unlabelled_features`` (N, D), or read from the cache."""
         projection_seed = jax.random.wrap_key_data(state["projection_seed"])
         keys_seed = jax.random.wrap_key_data(state["keys_seed"])
         fingerprint = dkvb_keys.key_fingerprint(unlabelled_features, self.settings,
                                                 projection_seed, keys_seed)
         keys, _ = dkvb_keys.cached_keys(
             self.config.strategy.key_init.cache_dir, fingerprint,
-            lambda: dkvb_keys.init_keys(unlabelled_features, projection_seed, self.settings, keys_seed),
+            lambda: dkvb_keys.init_keys(unlabelled_features, projection_seed, self.settings,
+                                        keys_seed),
             description)
         mesh = parallel.data_mesh()
-        return {**state, "keys": jax.device_put(keys, by_codebook(mesh, self.settings.num_codebooks)),
+        books = dkvb_keys.by_codebook(mesh, self.settings.num_codebooks)
+        return {**state, "keys": jax.device_put(keys, books),
                 "keys_ready": parallel.replicate(mesh, jnp.array(True))}
 
-    def unlabelled_features(self, task):
-        """The unlabelled features the keys are fitted on, and a description of where they came from."""
+    def unlabelled_features(self, task, task_features):
+        """The features the keys are fitted on (labels dropped), and where they came from.
+
+        ``task_features`` are those of ``task``'s images: the "base_task" source reuses them.
+        """
         cfg = self.config.strategy.key_init
         if cfg.source == "base_task":
-            images = task.images
-            where = {"source": "base_task", "task": task.index, "classes": list(task.classes)}
-        elif cfg.source == "dataset":
+            where = {"source": "base_task", "task": task.index, "classes": list(task.classes),
+                     "encoder": self.encoder.description, "images": len(task.labels)}
+            return np.asarray(task_features), where
+        if cfg.source == "dataset":
             dataset = sources.load(cfg.dataset)
             images = dataset.train_images
             where = {"source": "dataset", "dataset": dataset.name, "split": "train"}
         else:
             images = read_images(cfg.path)
             where = {"source": "file", "path": str(cfg.path)}
-        if cfg.source != "base_task":
-            self.encoder.check_image_shape(images.shape[1:], f"key_init source {where}")
+        self.encoder.check_image_shape(images.shape[1:], f"key_init source {where}")
         where.update(encoder=self.encoder.description, images=len(images))
         return np.asarray(self.encoder.features(images)), where
 
@@ -298,11 +300,11 @@ class DKVB(Strategy):
     def learn(self, state, task, key):
         features = self.encoder.features(task.images)
         if self.uses_keys and not bool(state["keys_ready"]):
-            state = self.with_keys(state, *self.unlabelled_features(task))
+            state = self.with_keys(state, *self.unlabelled_features(task, features))
         return self.learn_features(state, features, task.labels, key, task.classes[-1] + 1)
 
     def learn_features(self, state, features, labels, key, num_seen: int) -> Learned:
-        """Trains the decoder on (features, labels) for ``epochs``; features (N, D) from the encoder."""
+        """Trains the decoder on encoder features (N, D) and their labels for ``epochs``."""
         trainer = self.trainer
         size = len(labels)
         # Fixed shapes: the lookup runs on the trainer's capacity, so it compiles once per run.

@@ -23,6 +23,10 @@ Methods on each encoder (all through the suite's evaluator, PROTOCOL.md):
 - ``probe`` / ``mlp``: the paper's baselines, ``dkvb.decoder = linear / mlp`` (hidden 128) on the
   same features, trained the same way (same optimiser, batch, clipping, smoothing, epochs);
 - ``ncm``: baselines/ncm.py (TILDA) with its defaults, on the same encoder;
+- ``dkvb paper`` (only when --methods names it; meant for a GPU): dkvb with the paper's sizes,
+  configs/dkvb_fmnist.py:paper (256 x 4,096 x 14, 500 epochs per task);
+- ``dkvb base-keys``: dkvb with its keys fitted on the stream's first task, labels dropped
+  (``key_init.source = "base_task"``, as configs/dkvb_fmnist.py), not on the held-out images;
 - ``dkvb joint`` / ``probe joint``: the same two, learnt from the whole training stream as one task
   (B10): what each reaches without the incremental split, the reference for their forgetting;
 and once, with no encoder (it trains its own network on the images):
@@ -62,7 +66,8 @@ from configs.dkvb_fmnist import get_config  # noqa: E402
 HELD_OUT = 10_000
 SPLIT_SEED = 0
 ENCODERS = ("pixels", "mlp")
-METHODS = ("dkvb", "probe", "mlp", "ncm", "replay", "dkvb joint", "probe joint")
+METHODS = ("dkvb", "probe", "mlp", "ncm", "replay", "dkvb joint", "probe joint", "dkvb base-keys")
+PAPER = "dkvb paper"  # the paper's 256 x 4,096 bottleneck: only on request (--methods), for a GPU
 ENCODER_MODEL = {"name": "mlp", "hidden": (256, 128)}
 ENCODER_TRAIN = {"optimizer": "adam", "learning_rate": 1e-3, "momentum": 0.0, "weight_decay": 0.0,
              "batch_size": 128, "epochs": 5}
@@ -71,7 +76,7 @@ DKVB_BYTES = 64 * 512 * 14 * 4 + 64 * 512 * 10 * 4 + 64 * 512 + 2 * 8 + 1
 
 
 def split_held_out(dataset: sources.Dataset):
-    """(held-out images and labels, the stream's Dataset): a random 10,000 of the training images out."""
+    """(held-out images, their labels, the stream's Dataset): 10,000 random training images out."""
     order = np.random.default_rng(SPLIT_SEED).permutation(len(dataset.train_labels))
     held, kept = np.sort(order[:HELD_OUT]), np.sort(order[HELD_OUT:])
     stream_data = sources.Dataset(dataset.name, dataset.train_images[kept], dataset.train_labels[kept],
@@ -83,9 +88,11 @@ def pretrain_encoder(images, labels, directory: Path) -> float:
     """Trains the MLP on the held-out images (all ten classes) and saves it as a frozen encoder."""
     if (directory / encoders.META_FILE).is_file():
         return float("nan")
-    network = models.build(ml_collections.ConfigDict(ENCODER_MODEL), images.shape[1:], 10, seed=jax.random.key(0))
+    network = models.build(ml_collections.ConfigDict(ENCODER_MODEL), images.shape[1:], 10,
+                           seed=jax.random.key(0))
     graphdef, params, model_state = nnx.split(network, nnx.Param, ...)
-    trainer = Trainer(graphdef, ml_collections.ConfigDict(ENCODER_TRAIN), parallel.data_mesh(), len(labels))
+    trainer = Trainer(graphdef, ml_collections.ConfigDict(ENCODER_TRAIN), parallel.data_mesh(),
+                      len(labels))
     net, data = trainer.init(params, model_state), trainer.put(images, labels)
     start = time.perf_counter()
     for epoch in range(ENCODER_TRAIN["epochs"]):
@@ -102,24 +109,28 @@ def pretrain_encoder(images, labels, directory: Path) -> float:
 
 def method_config(method: str, encoder: str, workdir: Path) -> tuple[str, ml_collections.ConfigDict]:
     """(strategy name, config) of one row of the table."""
-    config = get_config()
+    config = get_config("paper" if method == PAPER else None)
     encoder_section = ({"name": "identity"} if encoder == "pixels" else
                        {"name": "checkpoint", "checkpoint": str(workdir / "encoders" / "mlp")})
+    family = method.split()[0]
     with config.unlocked():
-        del config["dkvb"]
-        if method.split()[0] in ("dkvb", "probe", "mlp"):
-            decoder = {"dkvb": "key_values", "probe": "linear", "mlp": "mlp"}[method.split()[0]]
-            config.dkvb = {"encoder": encoder_section, "decoder": decoder,
-                           "key_init": {"source": "file", "path": str(workdir / "held_out.npy"),
-                                        "cache_dir": str(workdir / "key_cache")}}
+        if family in ("dkvb", "probe", "mlp"):
             name = "dkvb"
-        elif method == "ncm":
-            config.ncm = {"encoder": encoder_section}
-            name = "ncm"
+            config.dkvb.update({
+                "encoder": encoder_section,
+                "decoder": {"dkvb": "key_values", "probe": "linear", "mlp": "mlp"}[family],
+                "key_init": {"source": "file", "path": str(workdir / "held_out.npy"),
+                             "cache_dir": str(workdir / "key_cache")}})
+            if method == "dkvb base-keys":
+                config.dkvb.key_init.source = "base_task"
         else:
-            config.train.epochs = 5
-            config.memory.budget_bytes = DKVB_BYTES
-            name = "replay"
+            del config["dkvb"]
+            name = family
+            if name == "ncm":
+                config.ncm = {"encoder": encoder_section}
+            else:  # replay: its own network, as many exemplars as DKVB's bytes leave it
+                config.train.epochs = 5
+                config.memory.budget_bytes = DKVB_BYTES
     config.strategies = (name,)
     return name, config
 
@@ -161,7 +172,8 @@ def table(summaries: list[dict]) -> str:
     lines = ["| method | split | encoder | A_last (%) | Ā (%) | F (%) | charged bytes | "
              "encoder bytes | train s | eval s | compile s | seeds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = [f"{m}/{e}" for e in ENCODERS for m in METHODS if m != "replay"] + ["replay/none"]
+    order = [f"{m}/{e}" for e in ENCODERS for m in (*METHODS, PAPER) if m != "replay"]
+    order.append("replay/none")
     for label in [l for l in order if l in rows]:
         runs = rows[label]
         method, encoder = label.split("/")
@@ -169,8 +181,8 @@ def table(summaries: list[dict]) -> str:
         lines.append(
             f"| {method} | {runs[0]['split']} | {encoder} | {pct(runs, 'last_acc')} | "
             f"{pct(runs, 'avg_inc_acc')} | {pct(runs, 'forgetting')} | {runs[0]['memory_bytes']:,} | "
-            f"{encoder_bytes:,} | {seconds(runs, 'train_seconds')} | {seconds(runs, 'eval_seconds')} | "
-            f"{seconds(runs, 'compile_seconds')} | {len(runs)} |")
+            f"{encoder_bytes:,} | {seconds(runs, 'train_seconds')} | "
+            f"{seconds(runs, 'eval_seconds')} | {seconds(runs, 'compile_seconds')} | {len(runs)} |")
     return "\n".join(lines)
 
 
@@ -180,13 +192,16 @@ def main():
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--encoders", default=",".join(ENCODERS))
+    parser.add_argument("--fashion_mnist_path", default=None,
+                        help="folder of the four IDX files (default: Debian's)")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods, encoder_names = args.methods.split(","), args.encoders.split(",")
 
-    dataset = sources.load(ml_collections.ConfigDict({"name": "fashion_mnist"}))
+    dataset = sources.load(ml_collections.ConfigDict({"name": "fashion_mnist",
+                                                      "path": args.fashion_mnist_path}))
     held_images, held_labels, stream_data = split_held_out(dataset)
     np.save(workdir / "held_out.npy", held_images)
     if "mlp" in encoder_names:

@@ -88,7 +88,7 @@ def part(name: str, args):
     config = fmnist_config()
     if name == "synthetic32":
         config.model = ml_collections.ConfigDict({"name": "resnet32"})
-        config.train.update({"learning_rate": 0.05, "batch_size": 32, "epochs": args.epochs or 3})
+        config.train.update({"batch_size": 32, "epochs": args.epochs or 3})
         config.eval_batch_size = 100
         dataset = synthetic32(args.synthetic_classes, args.train_per_class or 150,
                               args.test_per_class or 50)
@@ -175,8 +175,8 @@ def table_row(part_name: str, label: str, runs: list[dict], stats: dict, finetun
     cells = [part_name, sharing, mean_std([r["last_acc"] for r in runs]),
              mean_std([r["avg_inc_acc"] for r in runs]), mean_std([r["forgetting"] for r in runs]),
              mean_std([r["task_given_last_acc"] for r in runs]), f"{kept:.3f}", per_task_net,
-             f"{trained:,}", f"{flops / 1e6:.2f}", f"{np.mean(later):.2f}",
-             f"{inference / 1e6:.2f}"]
+             f"{trained:,}", f"{flops / 1e6:.3g}", f"{np.mean(later):.2f}",
+             f"{inference / 1e6:.3g}"]
     return "| " + " | ".join(cells) + " |"
 
 

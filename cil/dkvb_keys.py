@@ -5,7 +5,7 @@
     heads = project(features, random_projections(projection_seed, features.shape[1], settings))
     idx = nearest_keys(heads, keys)                   # (N, C) int32: one key per codebook
     idx = nearest_keys(heads, keys, allowed=used)     # only keys with ``used[c, j]`` may be chosen
-    keys = cached_keys("~/.cache/cil/dkvb_keys", fingerprint, lambda: init_keys(...))
+    keys, from_cache = cached_keys("~/.cache/cil/dkvb_keys", fingerprint, lambda: init_keys(...))
 
 What Träuble et al. ("Discrete Key-Value Bottleneck", ICML 2023) fix in their code
 (github.com/ftraeuble/discrete_key_value_bottleneck), and what this module does:
@@ -73,6 +73,14 @@ class KeySettings:
     def dead_key_threshold(self) -> float:
         """The EMA count under which a key restarts (the authors' "uniform importance" rule)."""
         return self.dead_key_fraction * self.batch_size / self.keys_per_codebook
+
+
+def by_codebook(mesh, num_codebooks: int) -> NamedSharding:
+    """Arrays of codebooks (C, ...) split over the devices along C, when C divides evenly.
+
+    Codebooks never interact, so a lookup or a key update runs on each device's codebooks alone.
+    """
+    return NamedSharding(mesh, P("data" if num_codebooks % mesh.size == 0 else None))
 
 
 def random_projections(seed, feature_dim: int, settings: KeySettings) -> jax.Array:
@@ -176,7 +184,7 @@ def _init_epoch(state: KeyState, features, size, projections, key, settings: Key
 
 
 def init_keys(features, projection_seed, settings: KeySettings, key) -> np.ndarray:
-    """(C, K, d) keys fitted to unlabelled ``features`` (N, D); ``projection_seed`` as in the lookup."""
+    """(C, K, d) keys fitted to unlabelled ``features`` (N, D), seen through the projections."""
     features = np.asarray(features, np.float32)
     size = len(features)
     if size == 0:
@@ -185,11 +193,11 @@ def init_keys(features, projection_seed, settings: KeySettings, key) -> np.ndarr
     padded = np.concatenate([features, np.zeros((capacity - size, features.shape[1]), np.float32)])
     # Codebooks are independent: split them over the devices (each device fits its own keys).
     mesh = parallel.data_mesh()
-    by_codebook = NamedSharding(mesh, P("data" if settings.num_codebooks % mesh.size == 0 else None))
+    books = by_codebook(mesh, settings.num_codebooks)
     projections = jax.device_put(random_projections(projection_seed, features.shape[1], settings),
-                                 by_codebook)
+                                 books)
     init_key, key = jax.random.split(key)
-    state = jax.device_put(initial_key_state(init_key, settings), by_codebook)
+    state = jax.device_put(initial_key_state(init_key, settings), books)
     padded = parallel.replicate(mesh, padded)
     for epoch in range(settings.epochs):  # every input committed alike: one compile per shape
         epoch_key = parallel.replicate(mesh, jax.random.fold_in(key, epoch))

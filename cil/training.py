@@ -22,7 +22,8 @@ Why it is shaped this way (DESIGN.md, "Speed on CPU"):
   the padding pushed to the end, a batch is a gather by index, the last partial batch is masked,
   and the memory batch is a gather from the buffer in the same step: no per-batch Python work;
 - each batch is sharded over the devices' ``data`` axis, so the same code is data-parallel on
-  several GPUs, TPU cores or virtual CPU devices.
+  several GPUs, TPU cores or virtual CPU devices; the row indices are split before the gathers,
+  so each device gathers its own rows and only gradients (and loss sums) cross devices.
 
 The loss is cross-entropy over the classes seen so far (logits of later classes are masked out),
 which is what a growing classifier head computes, plus the distillation term when asked.
@@ -242,18 +243,28 @@ class Trainer:
             memory_weights = (memory_offsets < memory.data.size).astype(jnp.float32)
 
         def batch(b):
+            # The row indices are split over the devices before the gathers, so each device
+            # gathers only its own rows from the replicated data: no images move between devices.
             start = b * self.batch_size
-            idx = jax.lax.dynamic_slice(order, (start,), (self.batch_size,))
-            images, labels = data.images[idx], data.labels[idx].astype(jnp.int32)
+            rows = jax.lax.dynamic_slice(order, (start,), (self.batch_size,))
             weights = (start + offsets < data.size).astype(jnp.float32)
-            if memory is not None:
-                position = b * memory.batch_size + memory_offsets
-                position = position % jnp.maximum(memory.data.size, 1)
-                midx = memory_order[position]
-                images = jnp.concatenate([images, memory.data.images[midx]])
-                labels = jnp.concatenate([labels, memory.data.labels[midx].astype(jnp.int32)])
-                weights = jnp.concatenate([weights, memory_weights])
-            return parallel.shard_batch(self.mesh, (images, labels, weights))
+            if memory is None:
+                rows, weights = parallel.shard_batch(self.mesh, (rows, weights))
+                return data.images[rows], data.labels[rows].astype(jnp.int32), weights
+            position = b * memory.batch_size + memory_offsets
+            position = position % jnp.maximum(memory.data.size, 1)
+            # Rows from capacity on are memory slots: one index vector for both sources.
+            rows = jnp.concatenate([rows, self.capacity + memory_order[position]])
+            weights = jnp.concatenate([weights, memory_weights])
+            rows, weights = parallel.shard_batch(self.mesh, (rows, weights))
+            in_memory = rows >= self.capacity
+            data_rows = jnp.minimum(rows, self.capacity - 1)
+            memory_rows = jnp.clip(rows - self.capacity, 0, slots - 1)
+            images = jnp.where(in_memory.reshape(-1, *[1] * (data.images.ndim - 1)),
+                               memory.data.images[memory_rows], data.images[data_rows])
+            labels = jnp.where(in_memory, memory.data.labels[memory_rows].astype(jnp.int32),
+                               data.labels[data_rows].astype(jnp.int32))
+            return images, labels, weights
 
         def body(b, carry):
             net, loss_sum = carry

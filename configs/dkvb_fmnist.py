@@ -1,4 +1,4 @@
-"""DKVB on Split-Fashion-MNIST B0-Inc2 (5 tasks, class order 0..9): the CPU-sized bottleneck or the paper's.
+"""DKVB on Split-Fashion-MNIST B0-Inc2 (5 tasks, class order 0..9), CPU-sized or the paper's sizes.
 
     python run.py --config=configs/dkvb_fmnist.py --workdir=workdir/dkvb_fmnist
     python run.py --config=configs/dkvb_fmnist.py:paper        # 256 codebooks x 4,096 keys x 14

@@ -5,8 +5,9 @@
         --config.partial_sharing.shared_stages=2 --workdir=workdir/ps_fmnist_k2
     python run.py --config=configs/partial_sharing_fmnist.py:smoke    # 1 seed, 1 epoch, small CNN
 
-CNN (conv 32, conv 64, global mean pool; stages: conv-pool, conv-pool, pool), SGD lr 0.01 momentum
-0.9, batch 128, 2 epochs per task, seeds 0, 1, 2, class order 0..9 (as configs/fashion_mnist.py).
+CNN (conv 32, conv 64, global mean pool; stages: conv-pool, conv-pool, pool), Adam lr 1e-3 (as
+configs/pretrain_fmnist.py trains this CNN), batch 128, 2 epochs per task, seeds 0, 1, 2, class
+order 0..9 (as configs/fashion_mnist.py).
 Partial sharing shares the first conv-pool stage by default (``shared_stages=1``); the sweep over
 every sharing point is benchmarks/partial_sharing_sweep.py.
 """
@@ -21,7 +22,7 @@ def get_config(arg: str | None = None):
     config = base_config("fashion_mnist", initial=2, increment=2)
     config.stream.class_order = tuple(range(10))
     config.model = ConfigDict({"name": "cnn", "channels": (32, 64)})
-    config.train.update({"learning_rate": 0.01, "momentum": 0.9, "epochs": 2})
+    config.train.update({"optimizer": "adam", "learning_rate": 1e-3, "epochs": 2})
     config.strategies = ("partial_sharing", "finetune")
     config.partial_sharing = ConfigDict({"shared_stages": 1})
     if arg == "smoke":

@@ -41,6 +41,7 @@ table that benchmarks/dkvb_fmnist.md holds.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cil import parallel  # noqa: E402
 
+# XLA:CPU aborts the process when one virtual device waits over 40 s for another in a collective;
+# on a shared, oversubscribed machine (load 9 on 2 cores) that happened mid-run. Wait longer.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_cpu_collective_call_terminate_timeout_seconds=1200").strip()
 parallel.use_host_devices()
 
 import jax  # noqa: E402

@@ -6,8 +6,9 @@
 Split-Fashion-MNIST B4-Inc2 with class order 0..9 (as configs/ncm_fmnist.py): the encoder sees the
 training images of task 0's four classes (T-shirt/top, Trouser, Pullover, Dress) and nothing else.
 The small CNN (conv 32, conv 64, global mean pool: 64 features), Adam lr 1e-3, batch 128, 2
-epochs (``smoke``: 1 epoch): on four classes it is past 90 % test accuracy by then, and training is
-the one slow step on a CPU. It is saved to --workdir, which configs/ncm_fmnist.py names.
+epochs (``smoke``: 1 epoch): 85.5 % test accuracy on the four classes (seed 0; 12.5 minutes on
+the shared 2-core CPU, where training is the one slow step). It is saved to --workdir, which
+configs/ncm_fmnist.py names.
 """
 
 from configs.common import base_config, check_arg

@@ -9,9 +9,6 @@ is carried from one task to the next.
 
 from __future__ import annotations
 
-import logging
-
-import jax
 from flax import nnx
 
 from cil import models, parallel
@@ -49,15 +46,8 @@ class Finetune(Strategy):
 
     def fit(self, net: dict, images, labels, key, num_seen: int) -> tuple[dict, int]:
         """Trains ``net`` for ``train.epochs`` on (images, labels); returns it and examples seen."""
-        trainer = self._trainer
-        train_net = trainer.init(net["params"], net["model_state"])
-        data = trainer.put(images, labels)
-        for epoch in range(self.config.train.epochs):
-            key, epoch_key = jax.random.split(key)
-            train_net, loss = trainer.epoch(train_net, data, epoch_key, num_seen)
-            logging.debug("epoch %d loss %.4f", epoch, float(loss))
-        trained = {"params": train_net["params"], "model_state": train_net["model_state"]}
-        return trained, len(images) * self.config.train.epochs
+        data = self._trainer.put(images, labels)
+        return self._trainer.fit(net, data, key, num_seen, self.config.train.epochs)
 
     def learn(self, state, task: Task, key):
         net, examples = self.fit(state["net"], task.images, task.labels, key, task.classes[-1] + 1)

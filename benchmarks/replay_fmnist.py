@@ -21,10 +21,10 @@ device per core (batches split over them, as run.py does) with its intra-op thre
 (``--xla_cpu_multi_thread_eigen=false``); ``--devices=1`` instead keeps one device whose matrix
 products use every core (XLA's intra-op threads).
 
-``--like-pytorch`` is a diagnostic: it patches in the two things the PyTorch suite of the targets
-does differently, which cil.models has no setting for (yet): inputs standardised with
-Fashion-MNIST's pixel mean and std (its torchvision transform), and PyTorch's default Linear
-initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases.
+``--like-pytorch`` sets the two model options in which the PyTorch suite of the targets differs
+from cil's defaults: inputs standardised with Fashion-MNIST's pixel mean and std (its torchvision
+transform; ``model.input_mean``/``input_std``), and PyTorch's default initialisation,
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases (``model.init="pytorch"``).
 """
 
 from __future__ import annotations
@@ -87,39 +87,7 @@ def hold_to_cores(cores: int, devices: int) -> None:
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # of the training pixels in [0, 1]
 
 
-def imitate_pytorch_suite() -> None:
-    """Standardised inputs and PyTorch's default Linear init, patched into cil.models."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from cil import models
-    from cil.models import networks
-
-    def standardized(images):
-        if jnp.issubdtype(images.dtype, jnp.integer):
-            return (images.astype(jnp.float32) / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
-        return images
-
-    def build_with_pytorch_init(config, image_shape, num_classes, seed):
-        model = build(config, image_shape, num_classes, seed)
-        key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
-        for i, (_, node) in enumerate(nnx.iter_graph(model)):
-            if isinstance(node, nnx.Linear):
-                bound = node.in_features ** -0.5
-                kernel_key, bias_key = jax.random.split(jax.random.fold_in(key, i))
-                node.kernel[...] = jax.random.uniform(kernel_key, node.kernel.shape, minval=-bound,
-                                                      maxval=bound)
-                node.bias[...] = jax.random.uniform(bias_key, node.bias.shape, minval=-bound,
-                                                    maxval=bound)
-        return model
-
-    build = models.build
-    networks.to_float = standardized
-    models.build = build_with_pytorch_init
-
-
-def row_config(row: str, seed: int):
+def row_config(row: str, seed: int, like_pytorch: bool = False):
     """The config of one (row, seed): configs/replay_fmnist.py, changed as the row says."""
     from configs.replay_fmnist import get_config
 
@@ -130,6 +98,9 @@ def row_config(row: str, seed: int):
     config.train.epochs = int(rest[-1].removeprefix("e"))
     config.memory.exemplars = int(rest[0]) if strategy == "replay" else None
     config.checkpoint = False
+    if like_pytorch:
+        config.model.update({"input_mean": (FASHION_MNIST_MEAN,), "input_std": (FASHION_MNIST_STD,),
+                             "init": "pytorch"})
     return config
 
 
@@ -178,13 +149,14 @@ def mean_std(values) -> str:
     return f"{values.mean():.1f} ± {std:.1f}"
 
 
-def run_row(row: str, seeds, workdir: Path) -> dict:
+def run_row(row: str, seeds, workdir: Path, like_pytorch: bool = False) -> dict:
     from cil import experiment
 
     runs = []
     for seed in seeds:
         wall, cpu = time.perf_counter(), time.process_time()
-        [summary] = experiment.run_experiment(row_config(row, seed), str(workdir / row / str(seed)),
+        config = row_config(row, seed, like_pytorch)
+        [summary] = experiment.run_experiment(config, str(workdir / row / str(seed)),
                                               progress=lambda _: None)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         runs.append({**summary, "wall": wall, "cpu": cpu})
@@ -225,12 +197,10 @@ def main(argv) -> None:
     from cil import parallel
 
     parallel.use_host_devices()
-    if args.like_pytorch:
-        imitate_pytorch_suite()
     machine = machine_description() + ("; --like-pytorch" if args.like_pytorch else "")
     print(machine, flush=True)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="replay_fmnist_"))
-    results = [run_row(row, args.seeds, workdir) for row in args.rows]
+    results = [run_row(row, args.seeds, workdir, args.like_pytorch) for row in args.rows]
     flops = mlp_flops_per_example(row_config(args.rows[0], 0))
     table = markdown(results, flops, peak_gflops())
     elapsed = time.perf_counter() - STARTED

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cil.errors import ConfigError
+from cil.errors import BudgetError, ConfigError
 from cil.strategy import Budget, MemoryReport
 
 SELECTIONS = ("random", "reservoir", "herding")
@@ -83,7 +83,7 @@ def exemplar_capacity(budget: Budget, bytes_per_exemplar: int, other_bytes: int,
     if budget.max_bytes is not None:
         room = int(budget.max_bytes) - other_bytes
         if room < 0:
-            raise ConfigError(f"memory.budget_bytes={budget.max_bytes:,} is less than the "
+            raise BudgetError(f"memory.budget_bytes={budget.max_bytes:,} is less than the "
                               f"{other_bytes:,} bytes the model and its state take; raise it to "
                               f"at least {other_bytes:,} (plus {bytes_per_exemplar} per exemplar)")
         counts.append(room // bytes_per_exemplar)

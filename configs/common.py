@@ -37,7 +37,12 @@ def base_config(dataset: str, initial: int, increment: int) -> ConfigDict:
         "class_order_seed": 1993,  # as in iCaRL and PyCIL
         "class_order": config_dict.placeholder(tuple),  # an explicit permutation instead
     })
-    config.model = ConfigDict({"name": "mlp", "hidden": (400, 400)})
+    config.model = ConfigDict({
+        "name": "mlp", "hidden": (400, 400),
+        "init": "flax",  # or "pytorch": U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default
+        "input_mean": config_dict.placeholder(tuple),  # per-channel, pixels in [0, 1]: set both
+        "input_std": config_dict.placeholder(tuple),  # to standardise inputs
+    })
     config.train = ConfigDict({
         "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0, "weight_decay": 0.0,
         "batch_size": 128, "epochs": 1,

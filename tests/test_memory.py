@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cil import memory
-from cil.errors import ConfigError
+from cil.errors import BudgetError, ConfigError
 from cil.strategy import Budget
 
 SHAPE = (2, 2, 1)
@@ -91,7 +91,7 @@ def test_capacity_from_a_byte_budget_is_what_the_model_leaves():
     assert memory.exemplar_capacity(Budget(max_bytes=1000, max_exemplars=20), per, 512, 7) == 20
     assert memory.exemplar_capacity(Budget(max_exemplars=30), per, 512, default=7) == 30
     assert memory.exemplar_capacity(Budget(), per, 512, default=7) == 7
-    with pytest.raises(ConfigError, match="budget_bytes"):
+    with pytest.raises(BudgetError, match="budget_bytes"):
         memory.exemplar_capacity(Budget(max_bytes=100), per, 512, default=7)
     # Filled to that capacity, the buffer and the model fit the budget.
     model = 200

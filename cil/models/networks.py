@@ -16,11 +16,29 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def to_float(images):
-    """uint8 pixels -> float32 in [0, 1]; float inputs (already features) pass through."""
-    if jnp.issubdtype(images.dtype, jnp.integer):
-        return images.astype(jnp.float32) / 255.0
-    return images
+def to_float(images, mean=None, std=None):
+    """uint8 pixels -> float32 in [0, 1], then standardised if ``mean``/``std`` (per channel) are
+    given; float inputs (already features) pass through."""
+    if not jnp.issubdtype(images.dtype, jnp.integer):
+        return images
+    x = images.astype(jnp.float32) / 255.0
+    if mean is not None:
+        x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+    return x
+
+
+def pytorch_init(model: nnx.Module, key) -> None:
+    """Re-draws every Linear and Conv weight and bias from U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    PyTorch's default, so a result can be compared with a PyTorch pipeline's like for like."""
+    for i, (_, node) in enumerate(nnx.iter_graph(model)):
+        if isinstance(node, (nnx.Linear, nnx.Conv)):
+            bound = math.prod(node.kernel.shape[:-1]) ** -0.5
+            kernel_key, bias_key = jax.random.split(jax.random.fold_in(key, i))
+            node.kernel[...] = jax.random.uniform(kernel_key, node.kernel.shape, minval=-bound,
+                                                  maxval=bound)
+            if node.bias is not None:
+                node.bias[...] = jax.random.uniform(bias_key, node.bias.shape, minval=-bound,
+                                                    maxval=bound)
 
 
 def max_pool_2x2(x):
@@ -35,10 +53,11 @@ class Network(nnx.Module):
     def __init__(self, stages, feature_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         self.stages = nnx.List(stages)
         self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
+        self.input_mean = self.input_std = None  # per-channel standardisation (static floats)
 
     def features(self, images, train: bool = False, start: int = 0, stop: int | None = None):
         """Runs stages [start, stop) on ``images`` (raw images when start == 0)."""
-        x = to_float(images) if start == 0 else images
+        x = to_float(images, self.input_mean, self.input_std) if start == 0 else images
         for stage in list(self.stages)[start:stop]:
             x = stage(x, train)
         return x

@@ -139,7 +139,36 @@ def ncm_config(args, encoder_dir: Path, subspaces, anchors, train_views, test_vi
     config.ncm.encoder.checkpoint = str(encoder_dir)
     config.ncm.update({"subspaces": subspaces, "anchors": anchors, "train_views": train_views,
                        "test_views": test_views})
+    config.ncm.augment.update({"flip": args.flip, "crop_padding": args.crop_padding})
     return config
+
+
+def interleaved_ratio(strategy, config, stream, repeats: int = 3) -> tuple[float, float]:
+    """(median learn time, median encoder time) on task 0, alternated to cancel load drift.
+
+    The encoder time is ``extract_features`` of the same images with the same views: what the
+    learning costs beyond computing the features it needs. Compiles are run first, apart.
+    """
+    spec = experiment.stream_spec(stream, config.memory)
+    task, key = stream.train_task(0), jax.random.key(0)
+    state = strategy.init(key, spec)
+    views = int(strategy.config.strategy.train_views)
+
+    def learn():
+        jax.block_until_ready(strategy.learn(state, task, key).state)
+
+    def features():
+        jax.block_until_ready(encoders.extract_features(strategy.encoder, task.images, key, views,
+                                                        strategy.augment))
+
+    learn(), features()  # compile both
+    times = {learn: [], features: []}
+    for _ in range(repeats):
+        for step in times:
+            start = time.perf_counter()
+            step()
+            times[step].append(time.perf_counter() - start)
+    return float(np.median(times[learn])), float(np.median(times[features]))
 
 
 def probe(cls, args, encoder_dir: Path):
@@ -181,6 +210,11 @@ def main():
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--probes", default="finetune,joint")
     parser.add_argument("--data_path", default=None, help="folder of the Fashion-MNIST IDX files")
+    parser.add_argument("--flip", default="auto", help="ncm.augment.flip: auto, on or off")
+    parser.add_argument("--crop_padding", type=int, default=2, help="ncm.augment.crop_padding")
+    parser.add_argument("--timing", default="8x1,8x4",
+                        help="PxK shapes whose learn time is also measured against the encoder, "
+                             "alternating, on task 0 (plain and V training views)")
     args = parser.parse_args()
     workdir, encoder_dir = Path(args.workdir), Path(args.encoder).resolve()
     meta = ensure_encoder(encoder_dir, args.data_path)
@@ -194,6 +228,8 @@ def main():
             train_views, test_views = (v or args.views for v in MODES[mode])
             config = ncm_config(args, encoder_dir, subspaces, anchors, train_views, test_views)
             label = f"ncm P={subspaces} k={anchors} {mode}"
+            if mode != "plain" and (args.flip, args.crop_padding) != ("auto", 2):
+                label += f" (flip {args.flip}, padding {args.crop_padding})"
             strategy = load_strategy("ncm", config)
             summaries = run_strategy(strategy, config, stream, workdir / label.replace(" ", "_"), label)
             lines.append(row(label, summaries, pass_seconds, train_views, test_views, test_images))
@@ -202,6 +238,14 @@ def main():
         strategy, config = probe(probes[name], args, encoder_dir)
         label = f"{name} (linear head on the frozen features)"
         lines.append(row(label, run_strategy(strategy, config, stream, workdir / name, label)))
+    timings = []
+    for shape in filter(None, args.timing.split(",")):
+        subspaces, anchors = (int(v) for v in shape.split("x"))
+        for views in sorted({1, args.views}):
+            config = ncm_config(args, encoder_dir, subspaces, anchors, views, 1)
+            learn, features = interleaved_ratio(load_strategy("ncm", config), config, stream)
+            timings.append(f"| ncm P={subspaces} k={anchors}, {views} training view(s) | "
+                           f"{features:.2f} | {learn:.2f} | {learn / features:.2f} |")
     trained_on = meta["trained_on"]
     print(f"\nencoder: {encoder_dir} ({meta['model']}, trained on {trained_on['data']} "
           f"{trained_on.get('classes')}, test accuracy {trained_on.get('test_accuracy', 0):.4f})")
@@ -212,6 +256,12 @@ def main():
           "train/pass | run/passes |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
+    if timings:
+        print("\nlearning task 0 (24,000 images) against extracting its features, medians of 3, "
+              "alternated:\n")
+        print("| run | features (s) | learn (s) | learn / features |")
+        print("|---|---|---|---|")
+        print("\n".join(timings))
 
 
 if __name__ == "__main__":

@@ -147,8 +147,10 @@ def strategy_config(name: str, config: ml_collections.ConfigDict) -> ml_collecti
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
                           f"'{name}' accepts: {', '.join(sorted(own)) or 'no settings'}")
+    if isinstance(overrides, ml_collections.ConfigDict):
+        overrides = overrides.to_dict()  # plain values: a placeholder may not update a placeholder
     with own.unlocked():
-        own.update(dict(overrides))
+        own.update(overrides)
     merged = ml_collections.ConfigDict(config.to_dict())
     merged.strategy = own
     merged.strategy.name = name

@@ -1,7 +1,7 @@
 """DKVB against a linear probe, an MLP, NCM and replay on Split-Fashion-MNIST B0-Inc2, frozen encoders.
 
-    python benchmarks/dkvb_fmnist.py --workdir=workdir/bench_dkvb              # 3 seeds, the table
-    python benchmarks/dkvb_fmnist.py --workdir=/tmp/b --seeds=0 --methods=dkvb,probe
+    CIL_HOST_DEVICES=1 python benchmarks/dkvb_fmnist.py --workdir=workdir/bench_dkvb  # the .md's table
+    python benchmarks/dkvb_fmnist.py --workdir=/tmp/b --seeds=0 --methods=dkvb,probe --encoders=pixels
 
 Data. Fashion-MNIST's 60,000 training images are split once (seed 0) into 10,000 held-out images
 and a 50,000-image stream: B0-Inc2, class order 0..9, tested on the full 10,000-image test set. The
@@ -50,8 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cil import parallel  # noqa: E402
 
-# XLA:CPU aborts the process when one virtual device waits over 40 s for another in a collective;
-# on a shared, oversubscribed machine (load 9 on 2 cores) that happened mid-run. Wait longer.
+# XLA:CPU aborts the process when one virtual device waits over 40 s for another in a collective.
+# On a shared machine (load 9 on 2 cores) it did, and later hung outright in an all-gather with two
+# virtual devices (benchmarks/dkvb_fmnist.md, "Notes"): the table was run on one device.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_cpu_collective_call_terminate_timeout_seconds=1200").strip()
 parallel.use_host_devices()
@@ -75,7 +76,7 @@ METHODS = ("dkvb", "probe", "mlp", "ncm", "replay", "dkvb joint", "probe joint",
 PAPER = "dkvb paper"  # the paper's 256 x 4,096 bottleneck: only on request (--methods), for a GPU
 ENCODER_MODEL = {"name": "mlp", "hidden": (256, 128)}
 ENCODER_TRAIN = {"optimizer": "adam", "learning_rate": 1e-3, "momentum": 0.0, "weight_decay": 0.0,
-             "batch_size": 128, "epochs": 5}
+                 "batch_size": 128, "epochs": 5}
 # What DKVB keeps with the default sizes and ten classes: the replay budget (memory-aligned).
 DKVB_BYTES = 64 * 512 * 14 * 4 + 64 * 512 * 10 * 4 + 64 * 512 + 2 * 8 + 1
 

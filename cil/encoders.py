@@ -29,12 +29,11 @@ API (one implementation, shared by every frozen-encoder strategy: ncm, dkvb):
   ``learn`` and reuse them; never recompute an example's view.
 
 Nothing here trains: the weights are never given to an optimiser, and JAX arrays are immutable, so
-an encoder stays bitwise what was loaded (tests/test_encoders.py checks it after a strategy learns).
+an encoder stays bitwise what was loaded (tests/test_ncm.py checks it after a strategy learns).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any, Callable

@@ -25,7 +25,8 @@ SMALL = {"encoder": {"name": "identity"}, "num_codebooks": 4, "keys_per_codebook
 
 
 def make_strategy(**overrides) -> DKVB:
-    return load_strategy("dkvb", tiny_config(dkvb={**SMALL, **overrides}))
+    key_init = {**SMALL["key_init"], **overrides.pop("key_init", {})}
+    return load_strategy("dkvb", tiny_config(dkvb={**SMALL, **overrides, "key_init": key_init}))
 
 
 def make_spec(num_classes=4, increment=2, train_size=300, image_shape=(1, 1, FEATURE_DIM)):
@@ -63,7 +64,8 @@ def with_values(state, values):
     return {**state, "net": {**state["net"], "params": params}}
 
 
-def brute_force_nearest(heads, keys, allowed=None):
+def squared_distances(heads, keys, allowed=None):
+    """(N, C, K) squared distances from heads to keys, in float64; masked keys at infinity."""
     distances = ((np.asarray(heads, np.float64)[:, :, None, :] - np.asarray(keys)[None]) ** 2).sum(-1)
     if allowed is not None:
         distances = np.where(np.asarray(allowed)[None], distances, np.inf)
@@ -93,7 +95,7 @@ def test_nearest_keys_are_the_arg_min_of_distances(chunked, monkeypatch):
     for mask in (None, allowed):
         chosen = np.asarray(dkvb_keys.nearest_keys(jnp.asarray(heads), jnp.asarray(keys),
                                                    None if mask is None else jnp.asarray(mask)))
-        distances = brute_force_nearest(heads, keys, mask)
+        distances = squared_distances(heads, keys, mask)
         picked = np.take_along_axis(distances, chosen[..., None], -1)[..., 0]
         np.testing.assert_allclose(picked, distances.min(-1), rtol=1e-5, atol=1e-5)
         if mask is not None:
@@ -109,13 +111,13 @@ def test_key_initialisation_places_every_key_on_the_data():
                                                                                 SETTINGS)))
     # Keys start N(0, 1), far from these clusters; after the EMA updates and restarts every key
     # is a mean or a sample of projected features: within a cluster's spread of some head.
-    to_data = brute_force_nearest(heads, keys).min(0)  # (C, K): each key to its nearest head
+    to_data = squared_distances(heads, keys).min(0)  # (C, K): each key to its nearest head
     assert to_data.max() < 1.0
     spread = ((heads - heads.mean(0)) ** 2).sum(-1).mean()
     assert spread > 5.0  # the clusters are far apart compared with that
     # And no cluster is left without keys: each cluster's mean head has a key close by.
     centres = np.stack([heads[labels == c].mean(0) for c in range(3)])
-    assert brute_force_nearest(centres, keys).min(-1).max() < 1.0
+    assert squared_distances(centres, keys).min(-1).max() < 1.0
 
 
 def test_rarely_chosen_keys_restart_at_a_sample_of_the_batch():
@@ -162,7 +164,7 @@ def heads_of(state, features) -> np.ndarray:
 
 def fetched_mask(state, features) -> np.ndarray:
     """(C, K): the keys nearest to ``features`` among all keys, by brute force."""
-    indices = brute_force_nearest(heads_of(state, features), state["keys"]).argmin(-1)
+    indices = squared_distances(heads_of(state, features), state["keys"]).argmin(-1)
     mask = np.zeros((4, 16), bool)
     mask[np.arange(4)[None, :], indices] = True
     return mask
@@ -211,7 +213,7 @@ def test_prediction_searches_only_keys_used_in_training(strategy, ready):
     unmasked = np.asarray(strategy.decoder_inputs(state, jnp.asarray(probes), masked=False))
     assert used[np.arange(4)[None, :], masked].all()
     assert (masked != unmasked).any()  # some probes' nearest key overall was never used
-    distances = brute_force_nearest(heads_of(state, probes), state["keys"], used)
+    distances = squared_distances(heads_of(state, probes), state["keys"], used)
     picked = np.take_along_axis(distances, masked[..., None], -1)[..., 0]
     np.testing.assert_allclose(picked, distances.min(-1), rtol=1e-5, atol=1e-5)
 

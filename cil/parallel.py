@@ -28,7 +28,12 @@ def use_host_devices(count: int | None = None) -> None:
     count = int(os.environ.get("CIL_HOST_DEVICES", count or os.cpu_count() or 1))
     flags = os.environ.get("XLA_FLAGS", "")
     if count > 1 and "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+        flags += f" --xla_force_host_platform_device_count={count}"
+        # Virtual devices are threads: on a machine busy with other work one can lag the other
+        # past XLA:CPU's default 40 s collective timeout, which aborts the process. Wait longer.
+        if "collective_call_terminate_timeout" not in flags:
+            flags += " --xla_cpu_collective_call_terminate_timeout_seconds=1200"
+        os.environ["XLA_FLAGS"] = flags.strip()
 
 
 def data_mesh() -> Mesh:

@@ -149,11 +149,7 @@ def extract_features(encoder: Encoder, images, key, views: int, augment_config,
     size = round_to_devices(batch_size or encoder.batch_size, encoder.mesh)
     function = encoder.batch_function(views, augment_config)
     outputs = []
-    for start in range(0, len(images), size):
-        batch = images[start:start + size]
-        real = len(batch)
-        if real < size:
-            batch = np.concatenate([batch, np.zeros((size - real, *batch.shape[1:]), batch.dtype)])
+    for batch, real in parallel.fixed_size_batches(images, size):
         features = function(encoder.weights, batch, key)
         outputs.append(features if real == size else features[:, :real])
     if not outputs:

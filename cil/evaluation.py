@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cil import parallel
 from cil.data.stream import TaskSpan
 from cil.errors import BudgetError
 from cil.strategy import Budget, MemoryReport, Strategy
@@ -37,11 +38,7 @@ def predict_seen(strategy: Strategy, state, images: np.ndarray, num_seen: int,
     Fixed shapes mean ``predict`` compiles once per run, whatever the test set's size.
     """
     predictions = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        real = len(batch)
-        if real < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - real, *batch.shape[1:]), batch.dtype)])
+    for batch, real in parallel.fixed_size_batches(images, batch_size):
         scores = strategy.predict(state, batch)
         predictions.append(np.asarray(_masked_argmax(scores, num_seen))[:real])
     return np.concatenate(predictions) if predictions else np.zeros((0,), np.int32)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cil.errors import ConfigError
@@ -53,3 +54,14 @@ def check_divisible(batch_size: int, mesh: Mesh, what: str = "train.batch_size")
     if batch_size % mesh.size:
         raise ConfigError(f"{what}={batch_size} must be a multiple of the {mesh.size} devices "
                           f"it is split over; set it to {batch_size + mesh.size - batch_size % mesh.size}")
+
+
+def fixed_size_batches(array, size: int):
+    """Yields (batch, real) over ``array`` in batches of exactly ``size`` rows, the last one padded
+    with zeros, and how many of its rows are real: fixed shapes, so a jitted consumer compiles once."""
+    for start in range(0, len(array), size):
+        batch = array[start:start + size]
+        real = len(batch)
+        if real < size:
+            batch = np.concatenate([batch, np.zeros((size - real, *batch.shape[1:]), batch.dtype)])
+        yield batch, real

@@ -1,7 +1,11 @@
 """Partial network sharing against its sharing point: accuracy, storage, training time, FLOPs.
 
-    python benchmarks/partial_sharing_sweep.py                          # every part, as in the .md
-    python benchmarks/partial_sharing_sweep.py --parts=fmnist_mlp --seeds=0 --epochs=1
+    python benchmarks/partial_sharing_sweep.py --parts=fmnist_mlp --seeds=0,1,2    # the .md's runs
+    python benchmarks/partial_sharing_sweep.py --parts=fmnist_cnn --seeds=0 \
+        --train-per-class=2000 --test-per-class=500
+    python benchmarks/partial_sharing_sweep.py --parts=synthetic32 --seeds=0 \
+        --train-per-class=60 --test-per-class=30
+    python benchmarks/partial_sharing_sweep.py --out=sweep.json    # everything, all data, 3 seeds
 
 For each part (a stream and a network) it runs finetune and partial_sharing at every sharing point
 from "share nothing" (k = 0: each task's branch is a whole network cloned from the base) to "share

@@ -122,14 +122,8 @@ def merge_scores(logits, calibration, group, merge: str):
 
 def run_in_chunks(fn, arrays: np.ndarray, chunk: int) -> np.ndarray:
     """``fn`` over ``arrays`` in fixed-size chunks (the last one padded), so it compiles once."""
-    out = []
-    for start in range(0, len(arrays), chunk):
-        batch = arrays[start:start + chunk]
-        real = len(batch)
-        if real < chunk:
-            batch = np.concatenate([batch, np.zeros((chunk - real, *batch.shape[1:]), batch.dtype)])
-        out.append(np.asarray(fn(batch))[:real])
-    return np.concatenate(out)
+    return np.concatenate([np.asarray(fn(batch))[:real]
+                           for batch, real in parallel.fixed_size_batches(arrays, chunk)])
 
 
 def xla_flops(fn, *args) -> float:

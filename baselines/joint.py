@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from baselines.finetune import Finetune
-from cil.strategy import Learned, MemoryReport
+from cil.strategy import Learned
 
 
 class Joint(Finetune):

@@ -155,9 +155,12 @@ def run(strategy, stream, spec, seed: int, batch_size: int) -> dict:
 
 
 def mean_std(values, scale=100.0) -> str:
-    values = np.asarray(values, float) * scale
-    std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.1f} ± {std:.1f}"
+    """Formats "mean ± std" to one decimal, with the tables' statistics (cil.tables.mean_std)."""
+    from cil.tables import mean_std as statistics
+
+    values = [v * scale for v in values]
+    mean, std = statistics(values)
+    return f"{mean:.1f} ± {std:.1f}"
 
 
 def table_row(part_name: str, label: str, runs: list[dict], stats: dict, finetune: bool) -> str:

@@ -142,11 +142,11 @@ def machine_description() -> str:
 
 
 def mean_std(values) -> str:
-    import numpy as np
+    """Formats "mean ± std" to one decimal, with the tables' statistics (cil.tables.mean_std)."""
+    from cil.tables import mean_std as statistics
 
-    values = np.asarray(values, float)
-    std = values.std(ddof=1) if len(values) > 1 else 0.0
-    return f"{values.mean():.1f} ± {std:.1f}"
+    mean, std = statistics(values)
+    return f"{mean:.1f} ± {std:.1f}"
 
 
 def run_row(row: str, seeds, workdir: Path, like_pytorch: bool = False) -> dict:

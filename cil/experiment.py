@@ -20,7 +20,6 @@ from typing import Callable
 
 import jax
 import ml_collections
-import numpy as np
 
 from cil import evaluation, models, parallel
 from cil.data import sources, stream as streams

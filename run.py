@@ -15,7 +15,8 @@ import sys
 
 from cil import parallel
 
-parallel.use_host_devices()  # before JAX starts: XLA:CPU gets one device per core
+parallel.use_host_devices()  # before JAX starts: XLA:CPU gets one device per usable core
+parallel.use_compilation_cache()  # a rerun of a config loads its programs instead of compiling
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -44,13 +44,16 @@ class Finetune(Strategy):
     def init(self, key, spec):
         return {"net": self.build_network(key, spec)}
 
-    def fit(self, net: dict, images, labels, key, num_seen: int) -> tuple[dict, int]:
-        """Trains ``net`` for ``train.epochs`` on (images, labels); returns it and examples seen."""
+    def fit(self, net: dict, images, labels, key, num_seen: int,
+            task_index: int) -> tuple[dict, int]:
+        """Trains ``net`` on (images, labels) by ``train``'s schedule for task ``task_index``;
+        returns it and the examples seen."""
         data = self._trainer.put(images, labels)
-        return self._trainer.fit(net, data, key, num_seen, self.config.train.epochs)
+        return self._trainer.fit(net, data, key, num_seen, self._trainer.schedule(task_index))
 
     def learn(self, state, task: Task, key):
-        net, examples = self.fit(state["net"], task.images, task.labels, key, task.classes[-1] + 1)
+        net, examples = self.fit(state["net"], task.images, task.labels, key,
+                                 task.classes[-1] + 1, task.index)
         return Learned({**state, "net": net}, examples)
 
     def predict(self, state, images):

@@ -103,7 +103,7 @@ class ICaRL(Replay):
             distill = Distillation(state["net"], jnp.int32(num_old),
                                    temperature=self.config.strategy.temperature)
         net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
-                                   self.config.train.epochs, distill=distill)
+                                   trainer.schedule(task.index), distill=distill)
         task_data = data._replace(size=jnp.int32(len(task.images)))
         buffer = self.update_memory(state["buffer"], net, task_data, memory_key)
         means = class_means(trainer.features(net, buffer.images), buffer.labels, buffer.size,

@@ -35,11 +35,12 @@ class Joint(Finetune):
     def learn(self, state, task, key):
         images = np.concatenate([state["images"], task.images])
         labels = np.concatenate([state["labels"], task.labels])
-        net = state["net"]
+        net, schedule_index = state["net"], task.index
         if self.config.strategy.reinit:
+            # A network trained from scratch gets the from-scratch recipe (train.first_task).
             init_key, key = jax.random.split(key)
-            net = self.build_network(init_key, self.spec)
-        net, examples = self.fit(net, images, labels, key, task.classes[-1] + 1)
+            net, schedule_index = self.build_network(init_key, self.spec), 0
+        net, examples = self.fit(net, images, labels, key, task.classes[-1] + 1, schedule_index)
         return Learned({"net": net, "images": images, "labels": labels}, examples)
 
     def memory(self, state):

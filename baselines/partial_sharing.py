@@ -265,13 +265,13 @@ class PartialSharing(Strategy):
     def learn(self, state, task: Task, key):
         train_key, branch_key, keep_key = jax.random.split(key, 3)
         state, train = self._hold_out(state, task, keep_key)
-        epochs = self.config.train.epochs
         if task.index == 0:
             trained_examples = 0  # a checkpointed base is used as it is
             if not self.config.strategy.base_checkpoint:
                 data = self.base_trainer.put(task.images[train], task.labels[train])
-                base, trained_examples = self.base_trainer.fit(state["base"], data, train_key,
-                                                               self.num_base_classes, epochs)
+                base, trained_examples = self.base_trainer.fit(
+                    state["base"], data, train_key, self.num_base_classes,
+                    self.base_trainer.schedule(0))
                 state = {**state, "base": base}
         else:
             slot = task.index - 1
@@ -286,7 +286,7 @@ class PartialSharing(Strategy):
             data = self.branch_trainer.put(features, task.labels[train] - task.classes[0])
             trained, trained_examples = self.branch_trainer.fit(
                 {"params": params, "model_state": model_state}, data, train_key,
-                self.branch_classes, epochs)
+                self.branch_classes, self.branch_trainer.schedule(task.index))
             branches = jax.tree.map(lambda stack, x: stack.at[slot].set(x),
                                     state["branches"], trained)
             state = {**state, "branches": branches, "num_branches": jnp.int32(slot + 1)}

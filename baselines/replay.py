@@ -94,7 +94,7 @@ class Replay(Finetune):
             stored = DeviceData(buffer.images, buffer.labels, buffer.size)
             batches = MemoryBatches(stored, batch_size)
         net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
-                                   self.config.train.epochs, memory=batches)
+                                   trainer.schedule(task.index), memory=batches)
         buffer = self.update_memory(buffer, net, data, memory_key)
         return Learned({**state, "net": net, "buffer": buffer}, trained)
 

@@ -21,8 +21,8 @@ from typing import Callable
 import jax
 import ml_collections
 
-from cil import evaluation, models, parallel
-from cil.data import sources, stream as streams
+from cil import evaluation, models, parallel, training
+from cil.data import augment, sources, stream as streams
 from cil.errors import ConfigError
 from cil.results import ResultsWriter, stable_hash
 from cil.strategy import Budget, StreamSpec, available_strategies, load_strategy, strategy_config
@@ -48,7 +48,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.strategies is empty; name at least one of: "
                           + ", ".join(available_strategies()))
     for name in config.strategies:
-        strategy_config(name, config)  # unknown strategy or strategy key: fail before any work
+        # An unknown strategy or key, a bad schedule or augmentation: fail before any work.
+        merged = strategy_config(name, config)
+        for task_index in (0, 1):  # task 0's recipe (train.first_task) and the later tasks'
+            training.task_schedule(merged.train, task_index)
+        augment.resolve_training(merged.train.get("augment"))
     models.check_name(config.model.name)
     parallel.check_divisible(config.train.batch_size, parallel.data_mesh())
 
@@ -86,7 +90,8 @@ def run_config(name: str, config) -> dict:
 def device_description() -> dict:
     devices = jax.devices()
     return {"platform": devices[0].platform, "device_kind": devices[0].device_kind,
-            "device_count": len(devices), "host": platform.node(), "cpu_count": os.cpu_count()}
+            "device_count": len(devices), "host": platform.node(), "cpu_count": os.cpu_count(),
+            "usable_cores": parallel.usable_cores()}
 
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str,

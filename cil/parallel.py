@@ -20,13 +20,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from cil.errors import ConfigError
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset``, cgroups' cpusets), not all the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity API
+        return os.cpu_count() or 1
+
+
 def use_host_devices(count: int | None = None) -> None:
-    """Asks XLA:CPU for ``count`` devices (default: the cores). Call before JAX initialises.
+    """Asks XLA:CPU for ``count`` devices (default: the usable cores). Call before JAX initialises.
 
     Harmless on GPU and TPU, where the host platform is not the default backend. The environment
     variable CIL_HOST_DEVICES overrides the count (1 turns it off).
     """
-    count = int(os.environ.get("CIL_HOST_DEVICES", count or os.cpu_count() or 1))
+    count = int(os.environ.get("CIL_HOST_DEVICES", count or usable_cores()))
     flags = os.environ.get("XLA_FLAGS", "")
     if count > 1 and "xla_force_host_platform_device_count" not in flags:
         flags += f" --xla_force_host_platform_device_count={count}"
@@ -35,6 +43,22 @@ def use_host_devices(count: int | None = None) -> None:
         if "collective_call_terminate_timeout" not in flags:
             flags += " --xla_cpu_collective_call_terminate_timeout_seconds=1200"
         os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def use_compilation_cache(directory: str | None = None) -> None:
+    """Keeps compiled programs on disk, so that running a config again does not compile again.
+
+    The folder: ``directory``, else CIL_COMPILATION_CACHE, else ~/.cache/cil/jax (an empty
+    CIL_COMPILATION_CACHE turns the cache off). Every program is kept, however quick to compile:
+    on a CPU the many small ones add up.
+    """
+    directory = directory or os.environ.get("CIL_COMPILATION_CACHE",
+                                            os.path.expanduser("~/.cache/cil/jax"))
+    if not directory:
+        return
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def data_mesh() -> Mesh:

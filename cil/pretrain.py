@@ -13,9 +13,10 @@ A pretraining config is a benchmark config (``dataset``, ``stream``, ``model``, 
 - ``pretrain.seed``: initialisation and shuffling; ``pretrain.encoder_stages``: how many of the
   network's stages form the encoder (None: all, i.e. the features the head reads).
 
-The network (``model``) is trained with the shared Trainer for ``train.epochs``, checked on the
+The network (``model``) is trained with the shared Trainer by ``train``'s schedule, checked on the
 test split of the same classes, and written with ``cil.encoders.save_encoder`` to ``workdir``
-(``encoder.json`` records the data it saw and that test accuracy). No augmentation is used.
+(``encoder.json`` records the data it saw and that test accuracy). ``train.augment`` applies, as
+in every training.
 """
 
 from __future__ import annotations
@@ -87,19 +88,19 @@ def run_pretrain(config: ml_collections.ConfigDict, workdir: str,
     network = models.build(config.model, data.image_shape, num_classes, seed=init_key)
     graphdef, params, model_state = nnx.split(network, nnx.Param, ...)
     trainer = Trainer(graphdef, config.train, parallel.data_mesh(), capacity=len(data.train_labels))
-    net = trainer.init(params, model_state)
     device_data = trainer.put(data.train_images, data.train_labels)
+    schedule = trainer.schedule(0)
     start = time.perf_counter()
-    for epoch in range(config.train.epochs):
-        net, loss = trainer.epoch(net, device_data, jax.random.fold_in(train_key, epoch), num_classes)
-        progress(f"epoch {epoch + 1}/{config.train.epochs}: loss {float(loss):.4f}")
+    net, _ = trainer.fit({"params": params, "model_state": model_state}, device_data, train_key,
+                         num_classes, schedule, progress=lambda epoch, loss: progress(
+                             f"epoch {epoch + 1}/{schedule.epochs}: loss {loss:.4f}"))
     seconds = time.perf_counter() - start
     accuracy = test_accuracy(trainer, net, data)
     progress(f"test accuracy on the pretraining classes {accuracy:.4f} ({seconds:.1f}s training)")
     trained = nnx.merge(graphdef, net["params"], net["model_state"])
     meta = {"model": config.model.to_dict(), "image_shape": list(data.image_shape),
             "num_classes": num_classes, "encoder_stages": config.pretrain.encoder_stages,
-            "trained_on": {**trained_on, "epochs": config.train.epochs, "seed": config.pretrain.seed,
+            "trained_on": {**trained_on, "epochs": schedule.epochs, "seed": config.pretrain.seed,
                            "test_accuracy": accuracy, "train_seconds": seconds}}
     directory = encoders.save_encoder(workdir, trained, meta)
     progress(f"encoder saved to {directory}")

@@ -139,19 +139,31 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def strategy_config(name: str, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The experiment config with ``strategy`` set to ``name``'s defaults updated by ``config[name]``."""
+    """The experiment config with ``strategy`` set to ``name``'s defaults updated by ``config[name]``.
+
+    ``config[name].train``, if set, overrides fields of ``config.train`` for this strategy alone:
+    PyCIL trains each method with its own recipe (replay 70 epochs per later task, iCaRL 170).
+    """
     cls = strategy_class(name)
     own = cls.default_config()
     overrides = config.get(name) or {}
+    if isinstance(overrides, ml_collections.ConfigDict):
+        overrides = overrides.to_dict()  # plain values: a placeholder may not update a placeholder
+    overrides = dict(overrides)
+    train_overrides = overrides.pop("train", None) or {}
     unknown = sorted(set(overrides) - set(own))
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
                           f"'{name}' accepts: {', '.join(sorted(own)) or 'no settings'}")
-    if isinstance(overrides, ml_collections.ConfigDict):
-        overrides = overrides.to_dict()  # plain values: a placeholder may not update a placeholder
     with own.unlocked():
         own.update(overrides)
     merged = ml_collections.ConfigDict(config.to_dict())
+    unknown = sorted(set(train_overrides) - set(merged.train))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(f'{name}.train.{k}' for k in unknown)}; "
+                          f"{name}.train overrides fields of config.train: "
+                          f"{', '.join(sorted(merged.train))}")
+    merged.train.update(train_overrides)
     merged.strategy = own
     merged.strategy.name = name
     return merged

@@ -1,10 +1,11 @@
-"""The shared, jitted training loop: one compiled call per epoch, compiled once per run.
+"""The shared, jitted training loop: fixed shapes, compiled once per run, a schedule per task.
 
     trainer = Trainer(graphdef, config.train, mesh, capacity=max_task_size)
     data = trainer.put(task.images, task.labels)          # padded to capacity, on the devices
-    net, examples = trainer.fit(net, data, key, num_seen, epochs=config.train.epochs)
+    schedule = task_schedule(config.train, task.index)    # epochs, lr per epoch, weight decay
+    net, examples = trainer.fit(net, data, key, num_seen, schedule)
     # replay: each step also draws a batch from an exemplar buffer, gathered inside the step
-    net, examples = trainer.fit(net, data, key, num_seen, epochs,
+    net, examples = trainer.fit(net, data, key, num_seen, schedule,
                                 memory=MemoryBatches(DeviceData(images, labels, size), 128))
     # distillation from a frozen teacher on its classes (iCaRL, LwF)
     net, examples = trainer.fit(..., distill=Distillation(old_net, num_old, temperature=2.0))
@@ -13,14 +14,28 @@
 ``net`` is ``{"params", "model_state"}``; ``fit`` starts a fresh optimiser state (``init``) and
 calls ``epoch`` once per epoch, which is the lower-level API.
 
+The recipe (``config.train``): SGD, Adam or AdamW; a learning-rate schedule over epochs
+(``constant``, ``multistep`` with ``milestones`` and ``gamma``, ``cosine`` with optional
+``warmup_epochs``), restarted at every task, as PyCIL's per-task MultiStepLR is; the fields of
+``train.first_task`` override the others for task 0 (PyCIL trains the base task for 200 epochs,
+later ones for 70-170); ``train.augment`` (cil/data/augment.py) is applied to every batch inside
+the compiled step, exemplars included. Learning rate and weight decay are traced values of the
+optimiser state (``optax.inject_hyperparams``), so a new schedule never recompiles.
+
 Why it is shaped this way (DESIGN.md, "Speed on CPU"):
 - a task's data is padded to a fixed ``capacity`` and its true size passed as a traced number, so
-  tasks of different sizes reuse one compiled epoch (no recompile per task); a memory buffer is
-  likewise a fixed number of slots and a traced count, so it too compiles once (a run compiles at
-  most one epoch without memory and one with);
-- an epoch is a ``fori_loop`` over batches inside one jit: shuffling is a sort of random keys with
-  the padding pushed to the end, a batch is a gather by index, the last partial batch is masked,
-  and the memory batch is a gather from the buffer in the same step: no per-batch Python work;
+  tasks of different sizes reuse one compiled program (no recompile per task); a memory buffer is
+  likewise a fixed number of slots and a traced count;
+- an epoch runs in calls of ``steps_per_call`` training steps: shuffling is a sort of random keys
+  with the padding pushed to the end, a batch is a gather by index, the last partial batch is
+  masked, and the memory batch is a gather from the buffer in the same step;
+- ``steps_per_call``: XLA:CPU runs a convolution inside a loop (``while``, and ``cond`` too) 13-25x
+  slower than outside one (jax-ml/jax#12868; measured here: CNN 42 images/s in a ``fori_loop``,
+  1,150 as a jitted step called from Python, 1,460 as four steps unrolled in one call). So on the
+  CPU a network with convolutions runs 4 steps unrolled per call, steps past the epoch's end
+  masked into no-ops (``benchmarks/train_throughput.md`` measures 2, 4 and 8); every other network,
+  and every network on GPU and TPU, runs the whole epoch as one ``fori_loop`` (0), where the loop
+  costs nothing and saves a dispatch per step. ``train.steps_per_call`` overrides the choice;
 - each batch is sharded over the devices' ``data`` axis, so the same code is data-parallel on
   several GPUs, TPU cores or virtual CPU devices; the row indices are split before the gathers,
   so each device gathers its own rows and only gradients (and loss sums) cross devices.
@@ -43,25 +58,139 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cil import parallel
+from cil.data import augment
 from cil.errors import ConfigError
 
 NEG_INF = -1e9  # stands for minus infinity in masked logits (avoids inf - inf = nan)
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "multistep", "cosine")
+# The fields of config.train that make up a task's schedule, and that train.first_task may override.
+SCHEDULE_FIELDS = ("epochs", "learning_rate", "schedule", "milestones", "gamma", "warmup_epochs",
+                   "weight_decay")
+# Training steps per compiled call for a network with convolutions on XLA:CPU (see above).
+CPU_CONV_STEPS_PER_CALL = 4
+
+
 def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """``train.optimizer`` in {sgd, adam, adamw} at a constant ``train.learning_rate``."""
-    lr = train.learning_rate
-    if train.optimizer == "sgd":
-        opt = optax.sgd(lr, momentum=train.momentum or None)
-    elif train.optimizer == "adam":
-        opt = optax.adam(lr)
-    elif train.optimizer == "adamw":
-        return optax.adamw(lr, weight_decay=train.weight_decay)
-    else:
-        raise ConfigError(f"unknown train.optimizer '{train.optimizer}'; choose sgd, adam or adamw")
-    if train.weight_decay:
-        opt = optax.chain(optax.add_decayed_weights(train.weight_decay), opt)
-    return opt
+    """``train.optimizer`` in {sgd, adam, adamw}; learning rate and weight decay are injected
+    hyperparameters, set per epoch by the schedule (``set_hyperparameters``).
+
+    Weight decay as PyTorch's SGD and Adam apply it (added to the gradient before momentum);
+    AdamW's is decoupled.
+    """
+    kind, momentum = train.optimizer, train.momentum or None
+    if kind not in OPTIMIZERS:
+        raise ConfigError(f"unknown train.optimizer '{kind}'; choose sgd, adam or adamw")
+
+    def build(learning_rate, weight_decay):
+        if kind == "adamw":
+            return optax.adamw(learning_rate, weight_decay=weight_decay)
+        base = optax.sgd(learning_rate, momentum=momentum) if kind == "sgd" else optax.adam(
+            learning_rate)
+        return optax.chain(optax.add_decayed_weights(weight_decay), base)
+
+    return optax.inject_hyperparams(build)(learning_rate=train.learning_rate,
+                                           weight_decay=train.weight_decay)
+
+
+def set_hyperparameters(opt_state, learning_rate, weight_decay):
+    """``opt_state`` (of ``make_optimizer``, possibly chained) with this epoch's values."""
+    return optax.tree_utils.tree_set(opt_state, learning_rate=learning_rate,
+                                     weight_decay=weight_decay)
+
+
+class Schedule(NamedTuple):
+    """How one task is trained: the learning rate of each epoch, and the weight decay."""
+
+    learning_rates: tuple[float, ...]  # one per epoch
+    weight_decay: float
+
+    @property
+    def epochs(self) -> int:
+        return len(self.learning_rates)
+
+    @classmethod
+    def constant(cls, epochs: int, learning_rate: float, weight_decay: float = 0.0) -> "Schedule":
+        return cls((float(learning_rate),) * int(epochs), float(weight_decay))
+
+
+def epoch_schedule(settings) -> optax.Schedule:
+    """The learning rate as an optax schedule over epochs (PyTorch's schedulers step per epoch)."""
+    name, lr, epochs = settings["schedule"], settings["learning_rate"], settings["epochs"]
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "multistep":  # torch MultiStepLR: times gamma from each milestone epoch on
+        return optax.piecewise_constant_schedule(
+            lr, {int(m): settings["gamma"] for m in settings["milestones"]})
+    warmup = int(settings["warmup_epochs"])
+    if not warmup:  # torch CosineAnnealingLR(T_max=epochs), eta_min 0
+        return optax.cosine_decay_schedule(lr, epochs)
+    # Linear from lr / (warmup + 1) up to lr at epoch ``warmup``, then cosine to 0 at ``epochs``.
+    return optax.warmup_cosine_decay_schedule(lr / (warmup + 1), lr, warmup, epochs)
+
+
+def schedule_settings(train: ml_collections.ConfigDict, task_index: int) -> dict:
+    """The schedule fields for task ``task_index``: ``train.first_task``'s set fields win on task 0."""
+    settings = {k: train.get(k, default) for k, default in
+                (("epochs", 1), ("learning_rate", 0.01), ("schedule", "constant"),
+                 ("milestones", ()), ("gamma", 0.1), ("warmup_epochs", 0), ("weight_decay", 0.0))}
+    overridden = {}
+    if task_index == 0:
+        overridden = {k: v for k, v in (train.get("first_task") or {}).items() if v is not None}
+        settings.update(overridden)
+    check_schedule(settings, lambda k: f"train.first_task.{k}" if k in overridden else f"train.{k}")
+    return settings
+
+
+def check_schedule(settings: dict, field: Callable[[str], str]) -> None:
+    """Raises ConfigError naming the field (``field(key)``: its full name) that makes no sense."""
+    if settings["schedule"] not in SCHEDULES:
+        raise ConfigError(f"unknown {field('schedule')} '{settings['schedule']}'; choose one of: "
+                          f"{', '.join(SCHEDULES)}")
+    if int(settings["epochs"]) < 1:
+        raise ConfigError(f"{field('epochs')}={settings['epochs']}; train at least 1 epoch")
+    if not settings["learning_rate"] > 0:
+        raise ConfigError(f"{field('learning_rate')}={settings['learning_rate']} must be positive")
+    if settings["weight_decay"] < 0:
+        raise ConfigError(f"{field('weight_decay')}={settings['weight_decay']} must be 0 or more")
+    milestones = list(settings["milestones"] or ())
+    if settings["schedule"] == "multistep" and (
+            milestones != sorted(set(milestones)) or any(m < 1 for m in milestones)):
+        raise ConfigError(f"{field('milestones')}={tuple(milestones)} must be increasing epochs "
+                          f">= 1")
+    if not 0 <= int(settings["warmup_epochs"]) < int(settings["epochs"]):
+        raise ConfigError(f"{field('warmup_epochs')}={settings['warmup_epochs']} must lie in "
+                          f"[0, epochs={settings['epochs']})")
+
+
+def task_schedule(train: ml_collections.ConfigDict, task_index: int) -> Schedule:
+    """Epochs, the learning rate of each epoch and the weight decay for task ``task_index``,
+    restarted at every task."""
+    settings = schedule_settings(train, task_index)
+    lr = epoch_schedule(settings)
+    return Schedule(tuple(float(lr(e)) for e in range(int(settings["epochs"]))),
+                    float(settings["weight_decay"]))
+
+
+def steps_per_call(train: ml_collections.ConfigDict, graphdef) -> int:
+    """Training steps per compiled call; 0: the whole epoch in one ``fori_loop`` (see above)."""
+    chosen = train.get("steps_per_call")
+    if chosen is not None:
+        if int(chosen) < 0:
+            raise ConfigError(f"train.steps_per_call={chosen}; use 0 (one loop per epoch), a "
+                              f"positive count, or leave it unset to choose by network and backend")
+        return int(chosen)
+    if jax.default_backend() == "cpu" and has_convolution(graphdef):
+        return CPU_CONV_STEPS_PER_CALL
+    return 0
+
+
+def has_convolution(graphdef) -> bool:
+    """Whether the network of ``graphdef`` holds an ``nnx.Conv`` (or a subclass of it)."""
+    return any(isinstance(kind, type) and issubclass(kind, nnx.Conv)
+               for kind in (getattr(node, "metadata", None) for node in graphdef.nodes))
 
 
 def mask_unseen(logits, num_seen):
@@ -131,14 +260,20 @@ class Trainer:
         parallel.check_divisible(train.batch_size, mesh)
         self.graphdef = graphdef
         self.mesh = mesh
+        self.train = train
         self.batch_size = train.batch_size
         # Whole batches only: the padded tail is masked, never a differently shaped batch.
         self.capacity = -(-max(capacity, 1) // self.batch_size) * self.batch_size
         self.optimizer = make_optimizer(train)
+        self.augment = augment.resolve_training(train.get("augment"))
+        # Never more steps per call than the largest epoch has batches: no compiled no-ops.
+        self.steps_per_call = min(steps_per_call(train, graphdef),
+                                  self.capacity // self.batch_size)
         self.loss = loss
         self.feature_batch_size = feature_batch_size
         self._init = jax.jit(self._init_impl, out_shardings=NamedSharding(mesh, P()))
-        self._epoch = jax.jit(self._epoch_impl, donate_argnums=0)
+        self._orders = jax.jit(self._orders_impl, static_argnums=3)
+        self._steps = jax.jit(self._steps_impl, donate_argnums=0)
         self._logits = jax.jit(self._logits_impl)
         self._features = jax.jit(self._features_impl)
 
@@ -159,31 +294,55 @@ class Trainer:
         labels = np.concatenate([labels, np.zeros(pad, labels.dtype)]).astype(np.int32)
         return parallel.replicate(self.mesh, DeviceData(images, labels, np.int32(n)))
 
+    def schedule(self, task_index: int) -> Schedule:
+        """This trainer's recipe (``train``) for task ``task_index``."""
+        return task_schedule(self.train, task_index)
+
     def epoch(self, net: dict, data: DeviceData, key, num_seen: int,
-              memory: MemoryBatches | None = None, distill: Distillation | None = None):
-        """One pass over ``data`` in random order; returns (net, mean loss). ``net`` is donated."""
+              memory: MemoryBatches | None = None, distill: Distillation | None = None,
+              learning_rate: float | None = None, weight_decay: float | None = None):
+        """One pass over ``data`` in random order; returns (net, mean loss). ``net`` is donated.
+
+        The learning rate and weight decay default to ``train``'s (constant) values.
+        """
         if memory is not None:
             parallel.check_divisible(memory.batch_size, self.mesh, "the memory batch size")
-        return self._epoch(net, data, key, jnp.int32(num_seen), memory, distill)
+        lr = self.train.learning_rate if learning_rate is None else learning_rate
+        wd = self.train.weight_decay if weight_decay is None else weight_decay
+        hyper = (jnp.float32(lr), jnp.float32(wd))
+        num_batches = self.steps_per_epoch(int(data.size))
+        slots = None if memory is None else memory.data.images.shape[0]
+        orders = self._orders(key, data.size, None if memory is None else memory.data.size, slots)
+        num_seen, count = jnp.int32(num_seen), jnp.int32(num_batches)
+        loss_sum = jnp.float32(0.0)
+        for first in range(0, num_batches, self.steps_per_call) if self.steps_per_call else (0,):
+            net, loss = self._steps(net, data, orders, jnp.int32(first), count, key, num_seen,
+                                    hyper, memory, distill)
+            loss_sum = loss_sum + loss
+        return net, loss_sum / max(num_batches, 1)
 
-    def fit(self, net: dict, data: DeviceData, key, num_seen: int, epochs: int,
-            memory: MemoryBatches | None = None,
-            distill: Distillation | None = None) -> tuple[dict, int]:
-        """Trains ``net`` for ``epochs`` from a fresh optimiser state.
+    def fit(self, net: dict, data: DeviceData, key, num_seen: int, schedule: Schedule,
+            memory: MemoryBatches | None = None, distill: Distillation | None = None,
+            progress: Callable[[int, float], None] | None = None) -> tuple[dict, int]:
+        """Trains ``net`` by ``schedule`` (``self.schedule(task.index)``) from a fresh optimiser
+        state; ``progress(epoch, mean loss)`` is called after each epoch when given.
 
         Returns the trained ``{"params", "model_state"}`` and the number of examples trained on,
         epochs counted, memory examples included.
         """
         train_net = self.init(net["params"], net["model_state"])
-        for _ in range(epochs):
+        for epoch, lr in enumerate(schedule.learning_rates):
             key, epoch_key = jax.random.split(key)
-            train_net, _ = self.epoch(train_net, data, epoch_key, num_seen, memory, distill)
+            train_net, loss = self.epoch(train_net, data, epoch_key, num_seen, memory, distill,
+                                         lr, schedule.weight_decay)
+            if progress is not None:
+                progress(epoch, float(loss))
         size = int(data.size)
         per_epoch = size
         if memory is not None:
             per_epoch += self.steps_per_epoch(size) * min(memory.batch_size, int(memory.data.size))
         trained = {"params": train_net["params"], "model_state": train_net["model_state"]}
-        return trained, per_epoch * epochs
+        return trained, per_epoch * schedule.epochs
 
     def logits(self, net: dict, images):
         return self._logits(net, images)
@@ -211,7 +370,8 @@ class Trainer:
         return jax.lax.map(lambda x: model.features(x[None], train=False)[0], images,
                            batch_size=self.feature_batch_size)
 
-    def _step(self, net, images, labels, weights, num_seen, distill):
+    def step(self, net, images, labels, weights, num_seen, distill=None):
+        """One optimisation step on a given batch (traceable; the epoch calls it per batch)."""
         if distill is not None:
             teacher_logits = jax.lax.stop_gradient(self._logits_impl(distill.teacher, images))
 
@@ -231,45 +391,66 @@ class Trainer:
         params = optax.apply_updates(net["params"], updates)
         return {"params": params, "model_state": model_state, "opt_state": opt_state}, loss
 
-    def _epoch_impl(self, net, data: DeviceData, key, num_seen, memory, distill):
-        order = shuffled_order(key, data.size, self.capacity)
-        num_batches = (data.size + self.batch_size - 1) // self.batch_size
+    def _orders_impl(self, key, size, memory_size, slots):
+        """The epoch's order of the data, and of the memory buffer (its own key, so that the
+        data's order is the same with or without memory)."""
+        order = shuffled_order(key, size, self.capacity)
+        if memory_size is None:
+            return order, None
+        return order, shuffled_order(jax.random.fold_in(key, 1), memory_size, slots)
+
+    def _batch(self, b, data: DeviceData, orders, memory):
+        """Batch ``b`` of the epoch: images, int32 labels and 0/1 weights (0: padding)."""
+        order, memory_order = orders
+        # The row indices are split over the devices before the gathers, so each device gathers
+        # only its own rows from the replicated data: no images move between devices.
         offsets = jnp.arange(self.batch_size)
-        if memory is not None:
-            # A key of its own, so that the new data's order is the same with or without memory.
-            slots = memory.data.images.shape[0]
-            memory_order = shuffled_order(jax.random.fold_in(key, 1), memory.data.size, slots)
-            memory_offsets = jnp.arange(memory.batch_size)
-            memory_weights = (memory_offsets < memory.data.size).astype(jnp.float32)
-
-        def batch(b):
-            # The row indices are split over the devices before the gathers, so each device
-            # gathers only its own rows from the replicated data: no images move between devices.
-            start = b * self.batch_size
-            rows = jax.lax.dynamic_slice(order, (start,), (self.batch_size,))
-            weights = (start + offsets < data.size).astype(jnp.float32)
-            if memory is None:
-                rows, weights = parallel.shard_batch(self.mesh, (rows, weights))
-                return data.images[rows], data.labels[rows].astype(jnp.int32), weights
-            position = b * memory.batch_size + memory_offsets
-            position = position % jnp.maximum(memory.data.size, 1)
-            # Rows from capacity on are memory slots: one index vector for both sources.
-            rows = jnp.concatenate([rows, self.capacity + memory_order[position]])
-            weights = jnp.concatenate([weights, memory_weights])
+        start = b * self.batch_size
+        rows = jax.lax.dynamic_slice(order, (start,), (self.batch_size,))
+        weights = (start + offsets < data.size).astype(jnp.float32)
+        if memory is None:
             rows, weights = parallel.shard_batch(self.mesh, (rows, weights))
-            in_memory = rows >= self.capacity
-            data_rows = jnp.minimum(rows, self.capacity - 1)
-            memory_rows = jnp.clip(rows - self.capacity, 0, slots - 1)
-            images = jnp.where(in_memory.reshape(-1, *[1] * (data.images.ndim - 1)),
-                               memory.data.images[memory_rows], data.images[data_rows])
-            labels = jnp.where(in_memory, memory.data.labels[memory_rows].astype(jnp.int32),
-                               data.labels[data_rows].astype(jnp.int32))
-            return images, labels, weights
+            return data.images[rows], data.labels[rows].astype(jnp.int32), weights
+        slots = memory.data.images.shape[0]
+        memory_offsets = jnp.arange(memory.batch_size)
+        position = (b * memory.batch_size + memory_offsets) % jnp.maximum(memory.data.size, 1)
+        # Rows from capacity on are memory slots: one index vector for both sources.
+        rows = jnp.concatenate([rows, self.capacity + memory_order[position]])
+        weights = jnp.concatenate([weights, (memory_offsets < memory.data.size).astype(jnp.float32)])
+        rows, weights = parallel.shard_batch(self.mesh, (rows, weights))
+        in_memory = rows >= self.capacity
+        data_rows = jnp.minimum(rows, self.capacity - 1)
+        memory_rows = jnp.clip(rows - self.capacity, 0, slots - 1)
+        images = jnp.where(in_memory.reshape(-1, *[1] * (data.images.ndim - 1)),
+                           memory.data.images[memory_rows], data.images[data_rows])
+        labels = jnp.where(in_memory, memory.data.labels[memory_rows].astype(jnp.int32),
+                           data.labels[data_rows].astype(jnp.int32))
+        return images, labels, weights
 
-        def body(b, carry):
-            net, loss_sum = carry
-            net, loss = self._step(net, *batch(b), num_seen, distill)
-            return net, loss_sum + loss
+    def _train_on_batch(self, b, carry, data, orders, key, num_seen, memory, distill):
+        net, loss_sum = carry
+        images, labels, weights = self._batch(b, data, orders, memory)
+        if self.augment is not None and jnp.issubdtype(images.dtype, jnp.integer):
+            # Images only: inputs that are already features (a branch on a trunk) pass through.
+            images = augment.training_views(images, jax.random.fold_in(key, b), self.augment)
+        net, loss = self.step(net, images, labels, weights, num_seen, distill)
+        return net, loss_sum + loss
 
-        net, loss_sum = jax.lax.fori_loop(0, num_batches, body, (net, jnp.float32(0.0)))
-        return net, loss_sum / jnp.maximum(num_batches, 1)
+    def _steps_impl(self, net, data: DeviceData, orders, first, num_batches, key, num_seen,
+                    hyper, memory, distill):
+        """Batches [first, first + steps_per_call) of the epoch, or all of them when
+        ``steps_per_call`` is 0; returns (net, summed loss). Steps past ``num_batches`` are
+        no-ops."""
+        net = {**net, "opt_state": set_hyperparameters(net["opt_state"], *hyper)}
+        augment_key = jax.random.fold_in(key, 2)
+        args = (data, orders, augment_key, num_seen, memory, distill)
+        carry = (net, jnp.float32(0.0))
+        if not self.steps_per_call:
+            return jax.lax.fori_loop(first, num_batches,
+                                     lambda b, c: self._train_on_batch(b, c, *args), carry)
+        for i in range(self.steps_per_call):  # unrolled: no loop around the convolutions
+            b = first + i
+            stepped = self._train_on_batch(b, carry, *args)
+            carry = jax.tree.map(lambda new, old: jnp.where(b < num_batches, new, old),
+                                 stepped, carry)
+        return carry

@@ -9,6 +9,7 @@ works from the command line.
 
 from ml_collections import ConfigDict, config_dict
 
+from cil.data import augment
 from cil.errors import ConfigError
 
 SMOKE_SEEDS = (0,)
@@ -46,6 +47,16 @@ def base_config(dataset: str, initial: int, increment: int) -> ConfigDict:
     config.train = ConfigDict({
         "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0, "weight_decay": 0.0,
         "batch_size": 128, "epochs": 1,
+        # Learning rate per epoch, restarted at every task (cil/training.py): constant,
+        # multistep (times gamma at each milestone epoch) or cosine (after warmup_epochs).
+        "schedule": "constant", "milestones": (), "gamma": 0.1, "warmup_epochs": 0,
+        # Task 0's own recipe: each field set here overrides the one above for task 0 only.
+        "first_task": ConfigDict({k: config_dict.placeholder(t) for k, t in (
+            ("epochs", int), ("learning_rate", float), ("schedule", str), ("milestones", tuple),
+            ("gamma", float), ("warmup_epochs", int), ("weight_decay", float))}),
+        "augment": augment.training_config(),  # per batch, on the device; off by default
+        # Training steps per compiled call; unset: chosen by network and backend (0: a loop).
+        "steps_per_call": config_dict.placeholder(int),
     })
     config.memory = ConfigDict({
         "budget_bytes": config_dict.placeholder(int),  # bounds exemplars + learner + side state

@@ -74,3 +74,55 @@ def test_bad_settings_are_config_errors(bad):
     cfg.update(bad)
     with pytest.raises(ConfigError):
         augment.resolve(cfg, "cifar10")
+
+
+def training(crop_padding=4, flip="on", brightness=0.0):
+    return augment.resolve_training(ml_collections.ConfigDict(
+        {"crop_padding": crop_padding, "flip": flip, "brightness": brightness}))
+
+
+training_views_of = jax.jit(augment.training_views, static_argnums=2)
+
+
+def test_training_views_are_crops_within_the_padding_of_their_own_image():
+    x = images(n=16, shape=(8, 8, 3))
+    out = np.asarray(training_views_of(x, jax.random.key(0), training(crop_padding=4)))
+    assert out.shape == x.shape and out.dtype == np.uint8
+    for i in range(len(x)):  # row i stays image i (its label still applies), shifted <= 4 pixels
+        assert any(np.array_equal(out[i], c) for c in all_shifts_and_flips(x[i], 4)), i
+    assert not np.array_equal(out, x)
+    flipped = [np.array_equal(out[i], x[i][:, ::-1]) for i in range(len(x))]
+    shifted = [not np.array_equal(out[i], x[i]) for i in range(len(x))]
+    assert any(shifted) and not all(flipped)
+
+
+def test_training_views_are_fixed_by_the_key_and_differ_across_keys():
+    x = images(n=8, shape=(8, 8, 3))
+    cfg = training(brightness=63 / 255)
+    a, b = (np.asarray(training_views_of(x, jax.random.key(k), cfg)) for k in (1, 1))
+    np.testing.assert_array_equal(a, b)
+    c = np.asarray(training_views_of(x, jax.random.key(2), cfg))
+    assert not np.array_equal(a, c)
+
+
+def test_brightness_scales_each_image_by_one_factor_within_the_range():
+    x = np.full((64, 4, 4, 3), 100, np.uint8)
+    out = np.asarray(training_views_of(x, jax.random.key(3), training(0, "off", 0.25)))
+    per_image = out.reshape(64, -1)
+    assert (per_image == per_image[:, :1]).all()  # one factor per image, no shift or flip
+    assert per_image.min() >= 75 and per_image.max() <= 125
+    assert per_image.max() - per_image.min() > 25  # the factors do spread over the range
+    # Clipped, not wrapped: 250 x [0.5, 1.5] stays in [125, 255] (a wrap past 255 would be < 125).
+    bright = np.full((32, 4, 4, 3), 250, np.uint8)
+    out = np.asarray(training_views_of(bright, jax.random.key(4), training(0, "off", 0.5)))
+    assert out.min() >= 125 and (out == 255).any()
+
+
+def test_training_augmentation_is_off_by_default_and_checked():
+    assert augment.resolve_training(augment.training_config()) is None
+    with pytest.raises(ConfigError, match="train.augment.flip='auto'"):
+        training(flip="auto")
+    with pytest.raises(ConfigError, match=r"brightness=1.5 must lie in \[0, 1\)"):
+        training(brightness=1.5)
+    with pytest.raises(ConfigError, match="crop_padding=-1 is negative"):
+        training(crop_padding=-1)

@@ -33,6 +33,9 @@ def test_smoke_run_prints_progress_and_a_table(tmp_path):
     (["--config.train.epochz=2"], "unknown config key 'epochz'"),
     (["--config.model.name=mpl"], "unknown model 'mpl'"),
     (["--config.train.batch_size=33"], "multiple of the 2 devices"),
+    (["--config.train.schedule=step"], "unknown train.schedule 'step'"),
+    (["--config.train.first_task.epochs=0"], "train.first_task.epochs=0"),
+    (["--config.train.augment.flip=auto"], "train.augment.flip='auto'; choose 'on' or 'off'"),
 ])
 def test_mistakes_give_one_line_and_no_results(tmp_path, args, message):
     result = run_cli("--config=configs/digits.py:smoke", *args, f"--workdir={tmp_path}")

@@ -11,7 +11,8 @@ from cil import models, parallel
 from cil.errors import ConfigError
 from cil.training import Trainer
 
-CASES = [("mlp", (8, 8, 1)), ("cnn", (28, 28, 1)), ("resnet32", (32, 32, 3)), ("resnet18", (32, 32, 3))]
+CASES = [("mlp", (8, 8, 1)), ("cnn", (28, 28, 1)), ("small_cnn", (28, 28, 1)),
+         ("resnet32", (32, 32, 3)), ("resnet18", (32, 32, 3))]
 
 
 @pytest.mark.parametrize("name, shape", CASES)
@@ -30,11 +31,23 @@ def test_resnet32_has_31_conv_layers_and_a_head():
     assert len(convs) == 31  # stem + 3 stages x 5 blocks x 2: with the head, 32 weighted layers
 
 
+def test_small_cnn_is_the_peer_protocols_network():
+    net = models.build(ml_collections.ConfigDict({"name": "small_cnn"}), (28, 28, 1), 10, seed=0)
+    layers = [(m.kernel.shape, m.bias.shape) for _, m in nnx.iter_graph(net)
+              if isinstance(m, (nnx.Conv, nnx.Linear))]
+    assert sorted(layers) == sorted([((3, 3, 1, 32), (32,)), ((3, 3, 32, 64), (64,)),
+                                     ((3136, 128), (128,)), ((128, 10), (10,))])
+    # PyTorch counts 320 + 18,496 + 401,536 + 1,290 parameters for the same network.
+    assert sum(p.size for p in jax.tree.leaves(nnx.state(net, nnx.Param))) == 421_642
+    images = jnp.zeros((2, 28, 28, 1), jnp.uint8)
+    assert net.features(images, stop=2).shape == (2, 7, 7, 64)  # two 2x2 pools: 28 -> 7
+
+
 @pytest.mark.parametrize("name, shape", CASES)
 def test_one_training_step_lowers_the_loss_on_its_batch(name, shape):
     net = models.build(ml_collections.ConfigDict({"name": name}), shape, 4, seed=0)
     graphdef, params, model_state = nnx.split(net, nnx.Param, ...)
-    train = ml_collections.ConfigDict({"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.0,
+    train = ml_collections.ConfigDict({"optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.0,
                                        "weight_decay": 0.0, "batch_size": 8})
     trainer = Trainer(graphdef, train, parallel.data_mesh(), capacity=8)
     rng = np.random.default_rng(0)

@@ -102,6 +102,94 @@ def test_folder_errors_name_the_problem(tmp_path, problem, match):
     assert "\n" not in str(raised.value)
 
 
+def test_folder_is_decoded_once_and_read_anew_when_a_file_changes(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "images")
+    cache_dir = tmp_path / "cache"
+    first = load("folder", path=str(root), data_dir=str(cache_dir))
+    assert len(list(cache_dir.glob("cil/folder-*.npz"))) == 1
+    decoded = []
+    monkeypatch.setattr(sources, "_read_image", lambda *a: decoded.append(a) or None)
+    again = load("folder", path=str(root), data_dir=str(cache_dir))  # from the cache: no decoding
+    assert decoded == []
+    np.testing.assert_array_equal(again.train_images, first.train_images)
+    monkeypatch.undo()
+    write_image(root / "train" / "ant" / "00", np.full((4, 5), 99))  # one image changes
+    changed = load("folder", path=str(root), data_dir=str(cache_dir))
+    assert changed.train_images.max() == 99 and first.train_images.max() < 99
+    assert len(list(cache_dir.glob("cil/folder-*.npz"))) == 2
+
+
+def test_folder_archive_reads_as_the_folder(tmp_path):
+    import tarfile
+
+    root = make_folder(tmp_path / "images", rgb=True)
+    archive = tmp_path / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(root / split, arcname=split)
+    from_folder = load("folder", path=str(root), data_dir=str(tmp_path / "a"))
+    from_archive = load("folder", path=str(archive), data_dir=str(tmp_path / "b"))
+    assert from_archive.class_names == from_folder.class_names
+    for field in ("train_images", "train_labels", "test_images", "test_labels"):
+        np.testing.assert_array_equal(getattr(from_archive, field), getattr(from_folder, field))
+
+
+def test_an_unreadable_image_is_named(tmp_path):
+    root = make_folder(tmp_path / "images")
+    bad = root / "train" / "zebra" / "01.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=f"{bad} is not a readable image"):
+        load("folder", path=str(root), data_dir=str(tmp_path))
+
+
+def write_cifar_python(path, name, per_split=(6, 4), classes=3):
+    """A small archive in the format of cifar-10-python.tar.gz / cifar-100-python.tar.gz."""
+    import io
+    import pickle
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    folder, train_members, test_member, meta, label_key, names_key = {
+        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                    "batches.meta", b"labels", b"label_names"),
+        "cifar100": ("cifar-100-python", ["train"], "test", "meta", b"fine_labels",
+                     b"fine_label_names")}[name]
+    expected = {}
+    members = {}
+    for split, members_of_split, n in (("train", train_members, per_split[0]),
+                                       ("test", [test_member], per_split[1])):
+        images = rng.integers(0, 256, (n * len(members_of_split), 32, 32, 3), dtype=np.uint8)
+        labels = np.arange(len(images)) % classes
+        expected[split] = (images, labels)
+        for i, member in enumerate(members_of_split):
+            rows = slice(i * n, (i + 1) * n)
+            # Each row: the red plane, then green, then blue, each 32 x 32 row-major.
+            data = images[rows].transpose(0, 3, 1, 2).reshape(n, 3072)
+            members[member] = {b"data": data, label_key: labels[rows].tolist(), b"coarse_labels": []}
+    members[meta] = {names_key: [f"class{c}".encode() for c in range(classes)]}
+    with tarfile.open(path, "w:gz") as tar:
+        for member, content in members.items():
+            blob = pickle.dumps(content)
+            info = tarfile.TarInfo(f"{folder}/{member}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return expected
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_python_archive(tmp_path, name):
+    archive = tmp_path / f"{name}-python.tar.gz"
+    expected = write_cifar_python(archive, name)
+    ds = load(name, path=str(archive), data_dir=str(tmp_path))
+    assert ds.class_names == ("class0", "class1", "class2") and ds.image_shape == (32, 32, 3)
+    for split, (images, labels) in expected.items():
+        np.testing.assert_array_equal(getattr(ds, f"{split}_images"), images)
+        np.testing.assert_array_equal(getattr(ds, f"{split}_labels"), labels)
+    with pytest.raises(DataError, match="lacks"):
+        load("cifar100" if name == "cifar10" else "cifar10", path=str(archive),
+             data_dir=str(tmp_path))
+
+
 # --- Fashion-MNIST ------------------------------------------------------------------------------
 
 def write_idx(path, array):
@@ -295,7 +383,7 @@ def test_tfds_fashion_mnist_mocked_then_cached(tmp_path, mock_tfds):
     for split, (images, labels) in expected.items():
         np.testing.assert_array_equal(getattr(ds, f"{split}_images"), images)
         np.testing.assert_array_equal(getattr(ds, f"{split}_labels"), labels)
-    assert (tmp_path / "cil" / "fashion_mnist.npz").is_file()
+    assert len(list((tmp_path / "cil").glob("fashion_mnist-*.npz"))) == 1
     # Outside the mock TFDS has no data in tmp_path: only the cache can answer.
     again = load("tfds:fashion_mnist", data_dir=data_dir)
     for field in ("train_images", "train_labels", "test_images", "test_labels", "class_names"):
@@ -317,7 +405,7 @@ def test_tfds_catalog_name_cifar100_mocked(tmp_path, mock_tfds, num_examples):
     if num_examples == 20:
         assert empty  # 20 examples cannot cover 100 classes
     if empty:
-        assert not (tmp_path / "cil" / "cifar100.npz").exists()  # a bad dataset is not cached
+        assert not list(tmp_path.glob("cil/cifar100*"))  # a bad dataset is not cached
     else:
         assert ds.train_images.shape == (num_examples, 32, 32, 3) and ds.num_classes == 100
         np.testing.assert_array_equal(ds.train_labels, labels)

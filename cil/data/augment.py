@@ -4,6 +4,10 @@
     views = augment.views(images_uint8, key, 5, cfg)      # (5, N, H, W, C), same dtype as images
     augment.flip_makes_sense("digits")                     # False: a mirrored digit is another glyph
 
+    # training (cil/training.py, inside the compiled step): one random view per example
+    train_cfg = augment.resolve_training(config.train.augment)    # crop 4, flip, brightness 63/255
+    batch = augment.training_views(images_uint8, key, train_cfg)  # same shape and dtype
+
 An augmented view of an image is a random crop of the image padded by ``crop_padding`` zero pixels
 on every side (a shift of up to that many pixels, as in the usual CIFAR recipe) and, where it makes
 sense for the dataset, a horizontal flip with probability 1/2. With ``include_identity`` (default)
@@ -101,6 +105,58 @@ def random_views(images, keys, crop_padding: int, flip: bool):
     dy, dx = (bits[:, 0] % span).astype(jnp.int32), (bits[:, 1] % span).astype(jnp.int32)
     flips = (bits[:, 2] & 1).astype(bool) & flip
     return shift_and_flip(images, dy, dx, flips, crop_padding)
+
+
+def training_config() -> ml_collections.ConfigDict:
+    """``config.train.augment``: what the trainer does to every batch; off by default.
+
+    PyCIL's CIFAR recipe is crop_padding=4, flip="on", brightness=63/255 (torchvision's
+    RandomCrop(32, padding=4), RandomHorizontalFlip, ColorJitter(brightness=63/255)); the
+    per-channel normalisation that follows it there is the model's ``input_mean``/``input_std``.
+    """
+    return ml_collections.ConfigDict({
+        "crop_padding": 0,  # zero pixels padded on each side before a random crop (0: none)
+        "flip": "off",  # random horizontal flips: "on" or "off"
+        "brightness": 0.0,  # pixels times a factor drawn from U[1 - b, 1 + b], clipped to 0..255
+    })
+
+
+def resolve_training(config) -> ml_collections.FrozenConfigDict | None:
+    """``config.train.augment`` checked and hashable (a static jit argument); None when it is off."""
+    if config is None:
+        return None
+    if config.flip not in FLIP_CHOICES:
+        raise ConfigError(f"train.augment.flip='{config.flip}'; choose 'on' or 'off'")
+    brightness = float(config.brightness)
+    if not 0.0 <= brightness < 1.0:
+        raise ConfigError(f"train.augment.brightness={config.brightness} must lie in [0, 1); "
+                          f"PyCIL's CIFAR value is 63/255")
+    resolved = ml_collections.FrozenConfigDict(
+        {"crop_padding": int(config.crop_padding), "flip": FLIP_CHOICES[config.flip],
+         "brightness": brightness})
+    check(resolved)
+    if not (resolved.crop_padding or resolved.flip or resolved.brightness):
+        return None
+    return resolved
+
+
+def training_views(images, key, config):
+    """One random view of each image of a training batch (uint8 in, uint8 out), drawn from ``key``.
+
+    Unlike ``views``, draws depend on the example's position in the batch, not its pixels: each
+    step gets a fresh key, so the same image gets a new view every epoch, as in a data loader.
+    Brightness follows torchvision's ColorJitter on 8-bit images (what PyCIL applies): pixels are
+    multiplied by one factor per image, then rounded and clipped to 0..255.
+    """
+    shift_key, brightness_key = jax.random.split(key)
+    keys = jax.random.split(shift_key, images.shape[0])
+    out = random_views(images, keys, config.crop_padding, config.flip)
+    if config.brightness:
+        b = config.brightness
+        factor = jax.random.uniform(brightness_key, (images.shape[0], 1, 1, 1),
+                                    minval=1.0 - b, maxval=1.0 + b)
+        out = jnp.clip(jnp.round(out.astype(jnp.float32) * factor), 0, 255).astype(images.dtype)
+    return out
 
 
 def views(images, key, num_views: int, config):

@@ -7,19 +7,26 @@
 
     sources.load(ConfigDict({"name": "fashion_mnist"}))        # Debian's IDX files, offline
     sources.load(ConfigDict({"name": "folder", "path": "/data/pets"}))  # {train,test}/<class>/
+    sources.load(ConfigDict({"name": "folder", "path": "../shared/data/cifar10-jpeg.tar.gz"}))
     sources.load(ConfigDict({"name": "cifar100", "data_dir": "/data/tfds", "download": False}))
+    sources.load(ConfigDict({"name": "cifar100", "path": "~/data/cifar-100-python.tar.gz"}))
 
-``config`` fields: ``name``; ``data_dir`` (TFDS data_dir, also where TFDS splits are cached as
+``config`` fields: ``name``; ``data_dir`` (TFDS data_dir, also where decoded arrays are cached as
 .npz; default TFDS's own and ~/.cache/cil), ``download`` (let TFDS download and prepare), ``path``
-(a local folder). Missing fields take those defaults.
+(a local folder or archive). Missing fields take those defaults.
 
 Sources:
 - ``digits``: scikit-learn's bundled 8x8 digits, no download.
 - ``fashion_mnist``: the four IDX files from ``path`` or Debian's ``dataset-fashion-mnist``, in
   TFDS's order (see the note above ``load_fashion_mnist``); else a prepared TFDS copy.
-- ``folder``: ``path/{train,test}/<class>/<image>.png|jpg``, read with Pillow.
+- ``folder``: ``path/{train,test}/<class>/<image>.png|jpg``, or a .tar(.gz) archive of that
+  layout (such as the JPEG CIFAR-10 archive), decoded with Pillow once and cached.
+- ``cifar10``, ``cifar100`` with ``path``: the pickled python archives CIFAR is distributed as.
 - ``tfds:<name>``, or any TFDS catalog name that is not one of the above (``cifar10``,
-  ``cifar100``, ``mnist``, ...): read once through ``tfds.data_source`` and cached as .npz.
+  ``cifar100``, ``mnist``, ...): read once through ``tfds.data_source`` and cached.
+
+Decoded arrays are cached under a fingerprint of the files they came from (``cached``): a changed
+file is read anew, never served stale.
 
 Every source goes through ``validate`` so that an empty class or a malformed array is a one-line
 ``DataError``. Importing this module, ``digits``, ``fashion_mnist`` from IDX files and ``folder``
@@ -34,7 +41,11 @@ import hashlib
 import importlib.util
 import os
 import pathlib
+import io
+import json
+import pickle
 import struct
+import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -181,26 +192,49 @@ _GRAY_MODES = ("1", "L", "LA")
 _COLOR_MODES = ("P", "RGB", "RGBA", "CMYK", "YCbCr")
 
 
-def _read_image(path: pathlib.Path) -> np.ndarray:
-    """(H, W) for a grayscale file, (H, W, 3) for a colour one; alpha is dropped."""
-    from PIL import Image
+def _read_image(source, name=None) -> np.ndarray:
+    """(H, W) for a grayscale file, (H, W, 3) for a colour one; alpha is dropped. ``source``: a
+    path, or a file object named ``name`` in messages."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:
-        if image.mode not in _GRAY_MODES + _COLOR_MODES:
-            raise DataError(f"{path}: image mode {image.mode} is not 8-bit grayscale or colour; "
-                            f"save it as 8-bit PNG or JPEG")
-        return np.asarray(image.convert("L" if image.mode in _GRAY_MODES else "RGB"))
+    path = name or source
+    try:
+        with Image.open(source) as image:
+            mode = image.mode
+            if mode in _GRAY_MODES + _COLOR_MODES:
+                return np.asarray(image.convert("L" if mode in _GRAY_MODES else "RGB"))
+    except (UnidentifiedImageError, OSError) as error:  # not an image, truncated, unreadable
+        raise DataError(f"{path} is not a readable image ({error}); replace or remove it") from None
+    raise DataError(f"{path}: image mode {mode} is not 8-bit grayscale or colour; save it as "
+                    f"8-bit PNG or JPEG")
 
 
 def load_folder(config) -> Dataset:
-    """Images from ``path/<split>/<class>/<image>`` (png/jpg); class names are sorted folder names.
+    """Images from ``path/<split>/<class>/<image>`` (png/jpg), a folder or a .tar(.gz) archive of
+    one; class names are sorted folder names. All grayscale gives C=1; any colour image makes every
+    image RGB (C=3).
 
-    All grayscale gives C=1; any colour image makes every image RGB (C=3).
+    Decoding is slow (60,000 CIFAR JPEGs: about 30 s), so the arrays are cached in
+    ``<data_dir or ~/.cache>/cil/`` under a fingerprint of every file's name, size and time of
+    change: a changed, added or removed image makes a new cache.
     """
     if not config.get("path"):
         raise ConfigError("dataset 'folder' needs path: a folder laid out as "
-                          "<path>/{train,test}/<class>/<image>.png")
+                          "<path>/{train,test}/<class>/<image>.png, or a .tar.gz archive of one")
     root = pathlib.Path(config.path).expanduser()
+    if root.is_file():
+        if not tarfile.is_tarfile(root):
+            raise DataError(f"{root} is neither a folder nor a .tar/.tar.gz archive of one")
+        return cached(config, "folder", file_fingerprint(root),
+                      lambda: read_folder_archive(config.name, root))
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist; lay images out as "
+                        f"{root}/{{train,test}}/<class>/<image>.png")
+    return cached(config, "folder", file_fingerprint(root), lambda: read_folder(config.name, root))
+
+
+def read_folder(name: str, root: pathlib.Path) -> Dataset:
+    """The images under a folder ``root/{train,test}/<class>/``, decoded."""
     files = {}  # split -> class name -> sorted image paths
     for split in SPLITS:
         split_dir = root / split
@@ -221,14 +255,50 @@ def load_folder(config) -> Dataset:
     if not class_names:
         raise DataError(f"{root}/train has no class folders; add <class>/<image>.png folders")
     for split in SPLITS:
-        for name, paths in files[split].items():
+        for class_name, paths in files[split].items():
             if not paths:
-                raise DataError(f"{root / split / name} has no .png/.jpg images; add images or "
+                raise DataError(f"{root / split / class_name} has no .png/.jpg images; add images or "
                                 f"remove the class from both splits")
 
     paths = [p for split in SPLITS for name in class_names for p in files[split][name]]
     with ThreadPoolExecutor() as pool:  # Pillow decodes without the GIL
         images = list(pool.map(_read_image, paths))
+    counts = {split: [len(files[split][c]) for c in class_names] for split in SPLITS}
+    return stack_images(name, paths, images, class_names, counts)
+
+
+def read_folder_archive(name: str, archive: pathlib.Path) -> Dataset:
+    """The images of a .tar(.gz) archive laid out as ``{train,test}/<class>/<image>``, decoded
+    from memory without extracting it (the archive is read once, in order)."""
+    members = {}  # (split, class) -> [(member name, bytes)]
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = pathlib.PurePosixPath(member.name).parts
+            if parts and parts[0] == ".":
+                parts = parts[1:]
+            if (not member.isfile() or len(parts) != 3 or parts[0] not in SPLITS
+                    or pathlib.PurePosixPath(parts[2]).suffix.lower() not in IMAGE_SUFFIXES):
+                continue
+            members.setdefault((parts[0], parts[1]), []).append(
+                (member.name, tar.extractfile(member).read()))
+    class_names = tuple(sorted({c for split, c in members if split == "train"}))
+    for split in SPLITS:
+        found = tuple(sorted({c for s, c in members if s == split}))
+        if found != class_names or not found:
+            raise DataError(f"{archive}: class folders of {split} are {found or 'none'}, of train "
+                            f"{class_names or 'none'}; lay images out as {{train,test}}/<class>/")
+    entries = [entry for split in SPLITS for c in class_names
+               for entry in sorted(members[(split, c)])]
+    paths = [f"{archive}:{member}" for member, _ in entries]
+    with ThreadPoolExecutor() as pool:
+        images = list(pool.map(lambda e: _read_image(io.BytesIO(e[1]), f"{archive}:{e[0]}"),
+                               entries))
+    counts = {split: [len(members[(split, c)]) for c in class_names] for split in SPLITS}
+    return stack_images(name, paths, images, class_names, counts)
+
+
+def stack_images(name, paths, images, class_names, counts) -> Dataset:
+    """One dataset from decoded images in (split, class) order; ``counts[split]`` per class."""
     for path, image in zip(paths, images):
         if image.shape[:2] != images[0].shape[:2]:
             raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]} but {paths[0]} is "
@@ -240,12 +310,113 @@ def load_folder(config) -> Dataset:
         images = [i[..., None] for i in images]
     arrays, start = [], 0
     for split in SPLITS:
-        counts = [len(files[split][name]) for name in class_names]
-        end = start + sum(counts)
+        end = start + sum(counts[split])
         arrays += [np.stack(images[start:end]),
-                   np.repeat(np.arange(len(class_names), dtype=np.int32), counts)]
+                   np.repeat(np.arange(len(class_names), dtype=np.int32), counts[split])]
         start = end
-    return Dataset(config.name, *arrays, class_names)
+    return Dataset(name, *arrays, class_names)
+
+
+# --- Cache of decoded arrays ------------------------------------------------------------------------
+
+def cached(config, label: str, files: list, build) -> Dataset:
+    """``build()``'s dataset, decoded once and kept as ``<data_dir or ~/.cache>/cil/<label>-<key>.npz``.
+
+    ``key`` is a hash of ``files`` (name, size and time of change of every file the dataset is
+    read from): a changed file gives a new key, so a stale cache is never read. The file is
+    written whole, then renamed: a crash leaves no half-written cache.
+    """
+    digest = hashlib.sha256(json.dumps([label, files]).encode()).hexdigest()[:16]
+    root = pathlib.Path(config.get("data_dir") or "~/.cache").expanduser() / "cil"
+    cache = root / f"{label.replace('/', '_').replace(':', '_')}-{digest}.npz"
+    if cache.is_file():
+        with np.load(cache) as arrays:
+            return Dataset(config.name, *(arrays[f"{s}_{k}"] for s in SPLITS
+                                          for k in ("images", "labels")),
+                           tuple(str(c) for c in arrays["class_names"]))
+    dataset = build()
+    validate(dataset)  # never cache a dataset that cannot be used
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.partial")
+    with open(partial, "wb") as f:
+        np.savez(f, class_names=np.array(dataset.class_names),
+                 **{f"{s}_{k}": getattr(dataset, f"{s}_{k}") for s in SPLITS
+                    for k in ("images", "labels")})
+    os.replace(partial, cache)
+    return dataset
+
+
+def file_fingerprint(root: pathlib.Path) -> list:
+    """(relative name, size, time of change) of every file under ``root`` (a file: itself)."""
+    if root.is_file():
+        return [(root.name, root.stat().st_size, root.stat().st_mtime_ns)]
+    return [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()]
+
+
+# --- CIFAR as distributed (pickled batches) --------------------------------------------------------
+#
+# The archives users download from the CIFAR page, cifar-10-python.tar.gz and
+# cifar-100-python.tar.gz (or the folder they unpack to): pickled dicts whose b"data" is
+# (N, 3072) uint8, each row the red, green then blue 32x32 planes. Examples keep the archive's
+# order (TFDS's cifar10/cifar100 hold the same images and labels in another order).
+
+CIFAR_PYTHON = {  # name: (train members, test member, meta member, label key, label names key)
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
+                b"labels", b"label_names"),
+    "cifar100": (["train"], "test", "meta", b"fine_labels", b"fine_label_names"),
+}
+
+
+def load_cifar_python(config) -> Dataset:
+    """CIFAR-10 or CIFAR-100 from ``path``: the python archive (.tar.gz) or its unpacked folder."""
+    root = pathlib.Path(config.path).expanduser()
+    if not root.exists():
+        raise DataError(f"{config.name}: {root} does not exist; set dataset.path to "
+                        f"cifar-{config.name[5:]}-python.tar.gz or the folder it unpacks to")
+    return cached(config, config.name, file_fingerprint(root),
+                  lambda: read_cifar_python(config.name, root))
+
+
+def read_cifar_python(name: str, root: pathlib.Path) -> Dataset:
+    train_members, test_member, meta_member, label_key, names_key = CIFAR_PYTHON[name]
+    wanted = [*train_members, test_member, meta_member]
+    found = {}
+    if root.is_file():
+        try:
+            with tarfile.open(root) as tar:
+                for member in tar:
+                    base = pathlib.PurePosixPath(member.name).name
+                    if member.isfile() and base in wanted:
+                        found[base] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+            raise DataError(f"cannot read {root}: {error}; download the archive again") from None
+    else:
+        for path in root.rglob("*"):
+            if path.is_file() and path.name in wanted:
+                found[path.name] = path.read_bytes()
+    missing = [m for m in wanted if m not in found]
+    if missing:
+        raise DataError(f"{root} lacks {', '.join(missing)}: not the {name} python archive "
+                        f"(cifar-{name[5:]}-python.tar.gz)")
+
+    def unpickle(member):
+        try:
+            return pickle.loads(found[member], encoding="bytes")
+        except Exception as error:  # a damaged pickle raises any of several types
+            raise DataError(f"{root}: {member} is damaged ({type(error).__name__}: {error})") from None
+
+    arrays = []
+    for members in (train_members, [test_member]):
+        batches = [unpickle(m) for m in members]
+        try:
+            data = np.concatenate([np.asarray(b[b"data"], np.uint8) for b in batches])
+            labels = np.concatenate([np.asarray(b[label_key], np.int32) for b in batches])
+        except (KeyError, ValueError) as error:
+            raise DataError(f"{root}: batches {members} lack {error} or are malformed") from None
+        arrays += [data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels]
+    names = tuple(n.decode() for n in unpickle(meta_member)[names_key])
+    return Dataset(name, *arrays, names)
 
 
 # --- TFDS ---------------------------------------------------------------------------------------
@@ -253,8 +424,8 @@ def load_folder(config) -> Dataset:
 # Preparing a dataset (download=True) and reading one prepared as tfrecord need TensorFlow; a
 # dataset prepared as array_record (what download=True writes here) is read with
 # `tfds.data_source`, which does not. Each split is read once, in batches (about 80 us a record,
-# all of it decoding), and the arrays are cached in <data_dir or ~/.cache>/cil/<name>.npz so
-# that later loads skip TFDS. The cache is keyed by the name alone: delete it to read TFDS again.
+# all of it decoding), and the arrays are cached (``cached``) under a fingerprint of the prepared
+# files in the TFDS data_dir, so that later loads skip TFDS and a re-prepared dataset is read anew.
 
 TFDS_PREFIX = "tfds:"
 _READ_BATCH = 1024
@@ -281,11 +452,6 @@ def _in_tfds_catalog(name: str) -> bool:
         return False
     # with_community_datasets=False: the community index lives on GCS, unreachable offline.
     return name.split(":")[0].split("/")[0] in tfds.list_builders(with_community_datasets=False)
-
-
-def _cache_path(name: str, data_dir: str | None) -> pathlib.Path:
-    root = pathlib.Path(data_dir or "~/.cache").expanduser() / "cil"
-    return root / (name.replace("/", "_").replace(":", "_") + ".npz")
 
 
 def _tensorflow_installed() -> bool:
@@ -320,17 +486,24 @@ def _read_split(tfds, builder, split: str, image_key: str, label_key: str):
     return images, labels
 
 
-def load_tfds(config, name: str | None = None) -> Dataset:
-    """A TFDS image-classification dataset (``tfds:<name>`` or a catalog name), both splits."""
-    name = name or config.name.removeprefix(TFDS_PREFIX)
-    data_dir = config.get("data_dir")
-    cache = _cache_path(name, data_dir)
-    if cache.is_file():
-        with np.load(cache) as arrays:
-            return Dataset(config.name, *(arrays[f"{s}_{k}"] for s in SPLITS
-                                          for k in ("images", "labels")),
-                           tuple(str(c) for c in arrays["class_names"]))
+def tfds_data_dir(config) -> pathlib.Path:
+    """Where TFDS keeps prepared datasets: ``data_dir``, else TFDS_DATA_DIR, else its default."""
+    return pathlib.Path(config.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
+                        or "~/tensorflow_datasets").expanduser()
 
+
+def load_tfds(config, name: str | None = None) -> Dataset:
+    """A TFDS image-classification dataset (``tfds:<name>`` or a catalog name), both splits,
+    cached under a fingerprint of its prepared files (read without importing TFDS)."""
+    name = name or config.name.removeprefix(TFDS_PREFIX)
+    prepared = tfds_data_dir(config) / name.split(":")[0].split("/")[0]
+    files = file_fingerprint(prepared) if prepared.exists() else []
+    return cached(config, name, files, lambda: read_tfds(config, name))
+
+
+def read_tfds(config, name: str) -> Dataset:
+    """Both splits of TFDS dataset ``name``, prepared first if ``download`` allows it."""
+    data_dir = config.get("data_dir")
     tfds = _import_tfds()
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -365,17 +538,7 @@ def load_tfds(config, name: str | None = None) -> Dataset:
     for split in SPLITS:
         images, labels = _read_split(tfds, builder, split, image_key, label_key)
         arrays += [np.asarray(images, np.uint8), np.asarray(labels, np.int32)]
-    dataset = Dataset(config.name, *arrays, tuple(features[label_key].names))
-    validate(dataset)  # never cache a dataset that cannot be used
-
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(f".{os.getpid()}.partial")
-    with open(partial, "wb") as f:  # write then rename: a crash leaves no half-written cache
-        np.savez(f, class_names=np.array(dataset.class_names),
-                 **{f"{s}_{k}": getattr(dataset, f"{s}_{k}") for s in SPLITS
-                    for k in ("images", "labels")})
-    os.replace(partial, cache)
-    return dataset
+    return Dataset(config.name, *arrays, tuple(features[label_key].names))
 
 
 # --- Dispatch -----------------------------------------------------------------------------------
@@ -390,6 +553,8 @@ _LOADERS = {
 def load(config: ml_collections.ConfigDict) -> Dataset:
     """Loads the source named by ``config.name`` and checks it (see ``validate``)."""
     loader = _LOADERS.get(config.name)
+    if config.name in CIFAR_PYTHON and config.get("path"):
+        loader = load_cifar_python
     if loader is None and (config.name.startswith(TFDS_PREFIX) or _in_tfds_catalog(config.name)):
         loader = load_tfds
     if loader is None:

@@ -16,9 +16,11 @@ import ml_collections
 from flax import nnx
 
 from cil.errors import ConfigError
-from cil.models.networks import Network, cnn, mlp, pytorch_init, resnet18, resnet32
+from cil.models.networks import (Network, cnn, mlp, pytorch_init, resnet18, resnet32,
+                                 small_cnn)
 
-_BUILDERS = {"mlp": mlp, "cnn": cnn, "resnet32": resnet32, "resnet18": resnet18}
+_BUILDERS = {"mlp": mlp, "cnn": cnn, "small_cnn": small_cnn, "resnet32": resnet32,
+             "resnet18": resnet18}
 
 
 def check_name(name: str) -> None:

@@ -1,4 +1,4 @@
-"""The networks: MLP, a small CNN, ResNet-32 (CIFAR, 32x32) and ResNet-18.
+"""The networks: MLP, a small CNN, the peer protocol's SmallCNN, ResNet-32 (CIFAR) and ResNet-18.
 
     net = mlp((28, 28, 1), 10, hidden=(400, 400), rngs=nnx.Rngs(0))
     net(images, train=True)   # uint8 or float images, NHWC
@@ -106,6 +106,20 @@ def cnn(image_shape, num_classes, *, channels=(32, 64), rngs):
     cins = [image_shape[-1], *channels]
     stages = [ConvBlock(a, b, pool=True, rngs=rngs) for a, b in zip(cins, cins[1:])]
     return Network([*stages, GlobalPool()], channels[-1], num_classes, rngs=rngs)
+
+
+def small_cnn(image_shape, num_classes, *, rngs):
+    """The comparison protocol's SmallCNN: conv 3x3 32 + ReLU + max-pool 2, conv 3x3 64 + ReLU +
+    max-pool 2, flatten, linear to 128 + ReLU, linear to the classes (3,136 -> 128 on 28x28x1).
+
+    Convolutions pad by one pixel ('SAME'), as PyTorch's ``padding=1``; with
+    ``model.init="pytorch"`` every layer is drawn as PyTorch draws it.
+    """
+    h, w, c = image_shape
+    flat = (h // 4) * (w // 4) * 64
+    stages = [ConvBlock(c, 32, pool=True, rngs=rngs), ConvBlock(32, 64, pool=True, rngs=rngs),
+              Dense(flat, 128, rngs=rngs)]
+    return Network(stages, 128, num_classes, rngs=rngs)
 
 
 class ResidualBlock(nnx.Module):

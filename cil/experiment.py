@@ -53,6 +53,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         for task_index in (0, 1):  # task 0's recipe (train.first_task) and the later tasks'
             training.task_schedule(merged.train, task_index)
         augment.resolve_training(merged.train.get("augment"))
+        training.compute_dtype(merged.train)
     models.check_name(config.model.name)
     parallel.check_divisible(config.train.batch_size, parallel.data_mesh())
 

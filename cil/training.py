@@ -38,7 +38,9 @@ Why it is shaped this way (DESIGN.md, "Speed on CPU"):
   costs nothing and saves a dispatch per step. ``train.steps_per_call`` overrides the choice;
 - each batch is sharded over the devices' ``data`` axis, so the same code is data-parallel on
   several GPUs, TPU cores or virtual CPU devices; the row indices are split before the gathers,
-  so each device gathers its own rows and only gradients (and loss sums) cross devices.
+  so each device gathers its own rows and only gradients (and loss sums) cross devices. On
+  several CPU devices each call is waited for before the next is sent (``wait_for_each_call``):
+  with many calls in flight their all-reduces deadlocked.
 
 The loss is cross-entropy over the classes seen so far (logits of later classes are masked out),
 which is what a growing classifier head computes, plus the distillation term when asked.
@@ -59,6 +61,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cil import parallel
 from cil.data import augment
+from cil.models.networks import to_float
 from cil.errors import ConfigError
 
 NEG_INF = -1e9  # stands for minus infinity in masked logits (avoids inf - inf = nan)
@@ -187,6 +190,19 @@ def steps_per_call(train: ml_collections.ConfigDict, graphdef) -> int:
     return 0
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(train: ml_collections.ConfigDict):
+    """``train.compute_dtype``: float32, or bfloat16 (mixed precision: parameters, optimiser state
+    and gradients stay float32; the forward and backward passes run in bfloat16, the loss in
+    float32). Off by default until its effect on accuracy is measured per benchmark."""
+    name = train.get("compute_dtype") or "float32"
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(f"unknown train.compute_dtype '{name}'; choose float32 or bfloat16")
+    return COMPUTE_DTYPES[name]
+
+
 def has_convolution(graphdef) -> bool:
     """Whether the network of ``graphdef`` holds an ``nnx.Conv`` (or a subclass of it)."""
     return any(isinstance(kind, type) and issubclass(kind, nnx.Conv)
@@ -266,9 +282,14 @@ class Trainer:
         self.capacity = -(-max(capacity, 1) // self.batch_size) * self.batch_size
         self.optimizer = make_optimizer(train)
         self.augment = augment.resolve_training(train.get("augment"))
+        self.compute_dtype = compute_dtype(train)
         # Never more steps per call than the largest epoch has batches: no compiled no-ops.
         self.steps_per_call = min(steps_per_call(train, graphdef),
                                   self.capacity // self.batch_size)
+        # Several virtual CPU devices deadlocked in an all-reduce rendezvous ("waiting for all
+        # reduce ... may be stuck", then no progress) when many calls were in flight: 2 CIFAR runs
+        # of 2 hung within 2 tasks; waiting for each call before sending the next ran through.
+        self.wait_for_each_call = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
         self.loss = loss
         self.feature_batch_size = feature_batch_size
         self._init = jax.jit(self._init_impl, out_shardings=NamedSharding(mesh, P()))
@@ -318,6 +339,8 @@ class Trainer:
         for first in range(0, num_batches, self.steps_per_call) if self.steps_per_call else (0,):
             net, loss = self._steps(net, data, orders, jnp.int32(first), count, key, num_seen,
                                     hyper, memory, distill)
+            if self.wait_for_each_call:
+                loss.block_until_ready()
             loss_sum = loss_sum + loss
         return net, loss_sum / max(num_batches, 1)
 
@@ -376,20 +399,38 @@ class Trainer:
             teacher_logits = jax.lax.stop_gradient(self._logits_impl(distill.teacher, images))
 
         def objective(params):
-            model = nnx.merge(self.graphdef, params, net["model_state"], copy=True)
-            logits = model(images, train=True)
+            model = nnx.merge(self.graphdef, self._in_compute_dtype(params), net["model_state"],
+                              copy=True)
+            logits = model(self._inputs(model, images), train=True).astype(jnp.float32)
             per_example = self.loss(logits, labels, num_seen)
             if distill is not None:
                 per_example += distill.weight * distillation_loss(
                     logits, teacher_logits, distill.num_classes, distill.temperature)
             loss = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
             _, model_state = nnx.split(model, nnx.Param, ...)[1:]
+            # Running statistics stay at their own dtype whatever the compute dtype.
+            model_state = jax.tree.map(lambda new, old: new.astype(old.dtype), model_state,
+                                       net["model_state"])
             return loss, model_state
 
         (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(net["params"])
         updates, opt_state = self.optimizer.update(grads, net["opt_state"], net["params"])
         params = optax.apply_updates(net["params"], updates)
         return {"params": params, "model_state": model_state, "opt_state": opt_state}, loss
+
+    def _in_compute_dtype(self, tree):
+        """``tree``'s floating arrays cast to ``train.compute_dtype`` (float32: unchanged)."""
+        if self.compute_dtype == jnp.float32:
+            return tree
+        return jax.tree.map(lambda x: x.astype(self.compute_dtype)
+                            if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+    def _inputs(self, model, images):
+        """What the network reads: raw images, or in bfloat16 the standardised floats (its own
+        conversion would hand float32 to bfloat16 layers, which then compute in float32)."""
+        if self.compute_dtype == jnp.float32 or not jnp.issubdtype(images.dtype, jnp.integer):
+            return self._in_compute_dtype(images)
+        return to_float(images, model.input_mean, model.input_std).astype(self.compute_dtype)
 
     def _orders_impl(self, key, size, memory_size, slots):
         """The epoch's order of the data, and of the memory buffer (its own key, so that the

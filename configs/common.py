@@ -55,6 +55,7 @@ def base_config(dataset: str, initial: int, increment: int) -> ConfigDict:
             ("epochs", int), ("learning_rate", float), ("schedule", str), ("milestones", tuple),
             ("gamma", float), ("warmup_epochs", int), ("weight_decay", float))}),
         "augment": augment.training_config(),  # per batch, on the device; off by default
+        "compute_dtype": "float32",  # or bfloat16: mixed precision, parameters kept in float32
         # Training steps per compiled call; unset: chosen by network and backend (0: a loop).
         "steps_per_call": config_dict.placeholder(int),
     })

@@ -48,3 +48,14 @@ def test_cifar10_smoke_runs_the_recipe_on_the_pickled_archive(tmp_path):
     assert "cifar10 B0-Inc2: 5 tasks, 10 classes, 20 train / 20 test" in result.stdout
     for name in ("finetune", "replay", "icarl"):
         assert f"| {name} | 1 |" in result.stdout, result.stdout
+
+
+def test_accelerator_overlay_changes_only_its_fields():
+    from configs import cifar_gpu
+
+    base = cifar.get_config("cifar100_b0inc10").to_dict()
+    overlay = cifar_gpu.get_config("cifar100_b0inc10_bf16").to_dict()
+    assert overlay["train"].pop("compute_dtype") == "bfloat16"
+    assert base["train"].pop("compute_dtype") == "float32"
+    assert (overlay.pop("eval_batch_size"), base.pop("eval_batch_size")) == (2000, 500)
+    assert overlay == base

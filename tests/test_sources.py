@@ -12,6 +12,7 @@ import pathlib
 import struct
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -22,10 +23,11 @@ from cil.data import sources
 from cil.errors import ConfigError, DataError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+CACHE = tempfile.mkdtemp(prefix="cil-test-cache-")  # decoded folders are cached here, not in ~
 
 
 def config(name, **fields):
-    return ConfigDict({"name": name, "data_dir": None, "download": False, "path": None, **fields})
+    return ConfigDict({"name": name, "data_dir": CACHE, "download": False, "path": None, **fields})
 
 
 def load(name, **fields):
@@ -453,7 +455,7 @@ from cil.data import sources
 import tensorflow  # the fake is importable: anything that imports it would succeed
 del sys.modules["tensorflow"]
 for name, path in [("digits", None), ("folder", {str(folder)!r}), ("fashion_mnist", {str(idx)!r})]:
-    sources.load(ConfigDict({{"name": name, "path": path}}))
+    sources.load(ConfigDict({{"name": name, "path": path, "data_dir": {str(tmp_path)!r}}}))
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets")))
 """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(REPO)])}

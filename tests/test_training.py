@@ -308,3 +308,23 @@ def test_the_learning_rate_of_each_epoch_is_the_one_applied():
     assert max(jax.tree.leaves(changed)) > 1e-3
     assert not all(jax.tree.leaves(jax.tree.map(
         lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), once["params"], twice["params"])))
+
+
+def test_bfloat16_compute_learns_with_float32_parameters():
+    graphdef, net = network()
+    train = ml_collections.ConfigDict({**TRAIN.to_dict(), "compute_dtype": "bfloat16"})
+    trainer = Trainer(graphdef, train, parallel.data_mesh(), capacity=64)
+    labels = np.arange(64) % 4
+    data = trainer.put(images_of(labels), labels)
+    state = trainer.init(net["params"], net["model_state"])
+    step = jax.make_jaxpr(lambda s, x, y: trainer.step(s, x, y, jnp.ones(16), 4))(
+        state, images_of(labels[:16]), labels[:16].astype(np.int32))
+    assert "bf16[16,16]" in str(step)  # the hidden layer's activations are computed in bfloat16
+    trained, _ = trainer.fit(net, data, jax.random.key(8), 4, epochs(10))
+    assert {leaf.dtype for leaf in jax.tree.leaves(trained)} == {np.dtype(np.float32)}
+    test_labels = np.arange(40) % 4
+    logits = np.asarray(trainer.logits(trained, images_of(test_labels, seed=11)))
+    assert np.mean(np.argmax(logits, -1) == test_labels) == 1.0
+    with pytest.raises(ConfigError, match="unknown train.compute_dtype 'float16'"):
+        Trainer(graphdef, ml_collections.ConfigDict({**TRAIN.to_dict(), "compute_dtype": "float16"}),
+                parallel.data_mesh(), capacity=64)

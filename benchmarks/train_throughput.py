@@ -3,12 +3,14 @@
     python benchmarks/train_throughput.py --model=cnn --shape=32,32,3
     python benchmarks/train_throughput.py --model=resnet32 --steps=8 --loop_steps=1
     python benchmarks/train_throughput.py --model=mlp --shape=28,28,1 --steps=400
+    python benchmarks/train_throughput.py --model=resnet32 --compute_dtype=bfloat16   # on a GPU
     CIL_HOST_DEVICES=1 python benchmarks/train_throughput.py ...     # one device
 
 Prints one Markdown row (the table is benchmarks/train_throughput.md) with, for the same network,
 optimiser (SGD momentum 0.9, weight decay 5e-4) and batch size:
 - ``bare step``: the Trainer's loss-gradient-update step, jitted alone and called from Python on
-  batches already sliced on the device (no shuffling, gathering or masking);
+  batches already sliced on the devices, split over them as the Trainer splits its batches (no
+  shuffling, gathering or masking);
 - ``unrolled K``: K of those steps unrolled in one jitted call, called from Python;
 - ``one loop``: the Trainer with ``steps_per_call=0``, the whole epoch one ``fori_loop`` (what every
   network ran before 2026-12-03), timed over ``--loop_steps`` batches (it is slow for convolutions);
@@ -36,6 +38,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from cil import models  # noqa: E402
 from cil.training import Trainer  # noqa: E402
@@ -48,6 +51,7 @@ flags.DEFINE_integer("loop_steps", 4, "Batches per timed epoch of the one-loop T
 flags.DEFINE_integer("unroll", 4, "Steps per call of the unrolled reference.")
 flags.DEFINE_integer("repeats", 2, "Timed epochs; the best is reported.")
 flags.DEFINE_integer("classes", 10, "Number of classes.")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "train.compute_dtype.")
 
 
 def best_rate(run, images_per_run: int, repeats: int) -> tuple[float, float]:
@@ -74,7 +78,8 @@ def main(_):
     def trainer_rate(steps: int, steps_per_call):
         train = ml_collections.ConfigDict({
             "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
-            "batch_size": f.batch, "steps_per_call": steps_per_call})
+            "batch_size": f.batch, "steps_per_call": steps_per_call,
+            "compute_dtype": f.compute_dtype})
         n = f.batch * steps
         trainer = Trainer(graphdef, train, mesh, capacity=n)
         data = trainer.put(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
@@ -89,9 +94,11 @@ def main(_):
 
     rate, compile_seconds, trainer = trainer_rate(f.steps, None)
     n = f.batch * f.steps
-    images = parallel.replicate(mesh, rng.integers(0, 256, (f.steps, f.batch, *shape), np.uint8))
-    labels = parallel.replicate(mesh, rng.integers(0, f.classes, (f.steps, f.batch), np.int32))
-    weights = jnp.ones(f.batch, jnp.float32)
+    # Each batch split over the devices, as the Trainer splits its batches.
+    batches = NamedSharding(mesh, P(None, "data"))
+    images = jax.device_put(rng.integers(0, 256, (f.steps, f.batch, *shape), np.uint8), batches)
+    labels = jax.device_put(rng.integers(0, f.classes, (f.steps, f.batch), np.int32), batches)
+    weights = jax.device_put(jnp.ones(f.batch, jnp.float32), NamedSharding(mesh, P("data")))
     num_seen = jnp.int32(f.classes)
     step = jax.jit(lambda s, x, y: trainer.step(s, x, y, weights, num_seen, None),
                    donate_argnums=0)

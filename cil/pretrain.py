@@ -13,7 +13,8 @@ A pretraining config is a benchmark config (``dataset``, ``stream``, ``model``, 
 - ``pretrain.seed``: initialisation and shuffling; ``pretrain.encoder_stages``: how many of the
   network's stages form the encoder (None: all, i.e. the features the head reads).
 
-The network (``model``) is trained with the shared Trainer by ``train``'s schedule, checked on the
+The network (``model``) is trained with the shared Trainer by ``train``'s schedule for a first
+task (``train.first_task`` applies: a network trained from scratch), checked on the
 test split of the same classes, and written with ``cil.encoders.save_encoder`` to ``workdir``
 (``encoder.json`` records the data it saw and that test accuracy). ``train.augment`` applies, as
 in every training.

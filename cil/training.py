@@ -30,12 +30,14 @@ Why it is shaped this way (DESIGN.md, "Speed on CPU"):
   with the padding pushed to the end, a batch is a gather by index, the last partial batch is
   masked, and the memory batch is a gather from the buffer in the same step;
 - ``steps_per_call``: XLA:CPU runs a convolution inside a loop (``while``, and ``cond`` too) 13-25x
-  slower than outside one (jax-ml/jax#12868; measured here: CNN 42 images/s in a ``fori_loop``,
-  1,150 as a jitted step called from Python, 1,460 as four steps unrolled in one call). So on the
-  CPU a network with convolutions runs 4 steps unrolled per call, steps past the epoch's end
-  masked into no-ops (``benchmarks/train_throughput.md`` measures 2, 4 and 8); every other network,
-  and every network on GPU and TPU, runs the whole epoch as one ``fori_loop`` (0), where the loop
-  costs nothing and saves a dispatch per step. ``train.steps_per_call`` overrides the choice;
+  slower than outside one (jax-ml/jax#12868; ``benchmarks/train_throughput.md``, one device: CNN
+  41-46 images/s in a ``fori_loop``, about 1,150 as a jitted step called from Python, 1,440-1,490
+  as four steps unrolled in one call). So on the CPU a network with convolutions runs 4 steps
+  unrolled per call (a balance of speed and compile time, which grows with the steps unrolled;
+  ``--unroll`` of benchmarks/train_throughput.py measures other counts), steps past the epoch's
+  end masked into no-ops; every other network, and every network on GPU and TPU, runs the whole
+  epoch as one ``fori_loop`` (0), where the loop costs nothing and saves a dispatch per step.
+  ``train.steps_per_call`` overrides the choice;
 - each batch is sharded over the devices' ``data`` axis, so the same code is data-parallel on
   several GPUs, TPU cores or virtual CPU devices; the row indices are split before the gathers,
   so each device gathers its own rows and only gradients (and loss sums) cross devices. On
@@ -69,9 +71,10 @@ NEG_INF = -1e9  # stands for minus infinity in masked logits (avoids inf - inf =
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "cosine")
-# The fields of config.train that make up a task's schedule, and that train.first_task may override.
-SCHEDULE_FIELDS = ("epochs", "learning_rate", "schedule", "milestones", "gamma", "warmup_epochs",
-                   "weight_decay")
+# The fields of config.train that make up a task's schedule (train.first_task may override each),
+# with the values a train config without them gets.
+SCHEDULE_DEFAULTS = {"epochs": 1, "learning_rate": 0.01, "schedule": "constant", "milestones": (),
+                     "gamma": 0.1, "warmup_epochs": 0, "weight_decay": 0.0}
 # Training steps per compiled call for a network with convolutions on XLA:CPU (see above).
 CPU_CONV_STEPS_PER_CALL = 4
 
@@ -136,12 +139,15 @@ def epoch_schedule(settings) -> optax.Schedule:
 
 def schedule_settings(train: ml_collections.ConfigDict, task_index: int) -> dict:
     """The schedule fields for task ``task_index``: ``train.first_task``'s set fields win on task 0."""
-    settings = {k: train.get(k, default) for k, default in
-                (("epochs", 1), ("learning_rate", 0.01), ("schedule", "constant"),
-                 ("milestones", ()), ("gamma", 0.1), ("warmup_epochs", 0), ("weight_decay", 0.0))}
+    settings = {k: train.get(k, default) for k, default in SCHEDULE_DEFAULTS.items()}
+    first = dict(train.get("first_task") or {})
+    unknown = sorted(set(first) - set(SCHEDULE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown train.first_task field(s) {', '.join(unknown)}; it may set "
+                          f"{', '.join(SCHEDULE_DEFAULTS)}")
     overridden = {}
     if task_index == 0:
-        overridden = {k: v for k, v in (train.get("first_task") or {}).items() if v is not None}
+        overridden = {k: v for k, v in first.items() if v is not None}
         settings.update(overridden)
     check_schedule(settings, lambda k: f"train.first_task.{k}" if k in overridden else f"train.{k}")
     return settings
@@ -156,6 +162,9 @@ def check_schedule(settings: dict, field: Callable[[str], str]) -> None:
         raise ConfigError(f"{field('epochs')}={settings['epochs']}; train at least 1 epoch")
     if not settings["learning_rate"] > 0:
         raise ConfigError(f"{field('learning_rate')}={settings['learning_rate']} must be positive")
+    if not settings["gamma"] > 0:
+        raise ConfigError(f"{field('gamma')}={settings['gamma']} must be positive (0.1: x0.1 at "
+                          f"each milestone)")
     if settings["weight_decay"] < 0:
         raise ConfigError(f"{field('weight_decay')}={settings['weight_decay']} must be 0 or more")
     milestones = list(settings["milestones"] or ())

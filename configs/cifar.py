@@ -21,7 +21,9 @@ its JSON files; read at commit 87cc411) and utils/data.py:
 Class order from seed 1993 (PyCIL shuffles with np.random.seed(1993), as cil's streams do).
 
 Where cil differs: replay trains each step on 128 new examples plus 128 exemplars
-(``replay.memory_batch_size``), where PyCIL's replay shuffles exemplars into the task's data.
+(``replay.memory_batch_size``), where PyCIL's replay shuffles exemplars into the task's data; and
+finetune's loss on a later task is cross-entropy over every class seen, where PyCIL's finetune
+takes it over the new classes' logits alone.
 
 ``cifar10_jpeg``: the archive's 60,000 JPEG re-encodings of CIFAR-10 (quality about 75: close to,
 not equal to, the original pixels), read with the ``folder`` source and cached once decoded.

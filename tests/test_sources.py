@@ -4,11 +4,13 @@ The Fashion-MNIST tests on real data need Debian's dataset-fashion-mnist (CI ins
 full comparison with TFDS's own builder also needs TensorFlow and CIL_TFDS_CANONICAL=1.
 """
 
+import atexit
 import gzip
 import hashlib
 import importlib.util
 import os
 import pathlib
+import shutil
 import struct
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from cil.errors import ConfigError, DataError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CACHE = tempfile.mkdtemp(prefix="cil-test-cache-")  # decoded folders are cached here, not in ~
+atexit.register(shutil.rmtree, CACHE, True)
 
 
 def config(name, **fields):
@@ -112,13 +115,18 @@ def test_folder_is_decoded_once_and_read_anew_when_a_file_changes(tmp_path, monk
     decoded = []
     monkeypatch.setattr(sources, "_read_image", lambda *a: decoded.append(a) or None)
     again = load("folder", path=str(root), data_dir=str(cache_dir))  # from the cache: no decoding
-    assert decoded == []
+    assert decoded == [] and again.name == first.name == "folder:images"
     np.testing.assert_array_equal(again.train_images, first.train_images)
     monkeypatch.undo()
     write_image(root / "train" / "ant" / "00", np.full((4, 5), 99))  # one image changes
     changed = load("folder", path=str(root), data_dir=str(cache_dir))
     assert changed.train_images.max() == 99 and first.train_images.max() < 99
     assert len(list(cache_dir.glob("cil/folder-*.npz"))) == 2
+    # A cache kept inside the folder itself is not part of the folder's fingerprint.
+    load("folder", path=str(root), data_dir=str(root))
+    monkeypatch.setattr(sources, "_read_image", lambda *a: decoded.append(a) or None)
+    load("folder", path=str(root), data_dir=str(root))
+    assert decoded == [] and len(list(root.glob("cil/folder-*.npz"))) == 1
 
 
 def test_folder_archive_reads_as_the_folder(tmp_path):
@@ -132,6 +140,7 @@ def test_folder_archive_reads_as_the_folder(tmp_path):
     from_folder = load("folder", path=str(root), data_dir=str(tmp_path / "a"))
     from_archive = load("folder", path=str(archive), data_dir=str(tmp_path / "b"))
     assert from_archive.class_names == from_folder.class_names
+    assert from_archive.name == from_folder.name == "folder:images"  # named after the data
     for field in ("train_images", "train_labels", "test_images", "test_labels"):
         np.testing.assert_array_equal(getattr(from_archive, field), getattr(from_folder, field))
 

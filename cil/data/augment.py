@@ -146,7 +146,8 @@ def training_views(images, key, config):
     Unlike ``views``, draws depend on the example's position in the batch, not its pixels: each
     step gets a fresh key, so the same image gets a new view every epoch, as in a data loader.
     Brightness follows torchvision's ColorJitter on 8-bit images (what PyCIL applies): pixels are
-    multiplied by one factor per image, then rounded and clipped to 0..255.
+    multiplied by one factor per image, then rounded and clipped to 0..255 (PIL truncates where
+    this rounds: 0.5/255 brighter on average).
     """
     shift_key, brightness_key = jax.random.split(key)
     keys = jax.random.split(shift_key, images.shape[0])

@@ -296,8 +296,8 @@ class Trainer:
         self.steps_per_call = min(steps_per_call(train, graphdef),
                                   self.capacity // self.batch_size)
         # Several virtual CPU devices deadlocked in an all-reduce rendezvous ("waiting for all
-        # reduce ... may be stuck", then no progress) when many calls were in flight: 2 CIFAR runs
-        # of 2 hung within 2 tasks; waiting for each call before sending the next ran through.
+        # reduce ... may be stuck", then no progress) when many calls were in flight: 3 CIFAR runs
+        # of 3 hung within 2 tasks; waiting for each call before sending the next ran through.
         self.wait_for_each_call = mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
         self.loss = loss
         self.feature_batch_size = feature_batch_size

@@ -17,7 +17,15 @@ echo "== default run"
 echo "== Split-Fashion-MNIST, finetune + joint, 5 epochs, 3 seeds"
 ( time python3 run.py --config=configs/fashion_mnist.py:epochs5 \
     --config.dataset.path=.gpudata/fashion-mnist --workdir="$OUT/fm5" ) 2>&1 | tail -8
-echo "== throughput"
-python3 benchmarks/train_throughput.py --model=mlp --shape=28,28,1 --steps=400 2>&1 | tail -1
-python3 benchmarks/train_throughput.py --model=resnet32 --shape=32,32,3 --steps=100 2>&1 | tail -1
-python3 benchmarks/train_throughput.py --model=resnet18 --shape=32,32,3 --steps=50 2>&1 | tail -1
+echo "== throughput: Trainer against bare steps (benchmarks/train_throughput.md's columns)"
+python3 benchmarks/train_throughput.py --model=mlp --shape=28,28,1 --steps=400 --loop_steps=400 2>&1 | grep '^|'
+python3 benchmarks/train_throughput.py --model=cnn --shape=32,32,3 --steps=100 --loop_steps=100 2>&1 | grep '^|'
+python3 benchmarks/train_throughput.py --model=resnet32 --shape=32,32,3 --steps=100 --loop_steps=100 2>&1 | grep '^|'
+python3 benchmarks/train_throughput.py --model=resnet32 --shape=32,32,3 --steps=100 --loop_steps=100 \
+    --compute_dtype=bfloat16 2>&1 | grep '^|'
+python3 benchmarks/train_throughput.py --model=resnet18 --shape=32,32,3 --steps=50 --loop_steps=50 2>&1 | grep '^|'
+echo "== CIFAR-10 (JPEG) B0-Inc2, replay, the full recipe (ResNet-32, 200 + 4 x 70 epochs)"
+( time timeout 420 python3 run.py --config=configs/cifar_gpu.py:cifar10_jpeg \
+    --config.strategies='("replay",)' \
+    --config.dataset.path="${CIFAR_JPEG:-../shared/data/cifar10-jpeg.tar.gz}" \
+    --workdir="$OUT/cifar10_replay" ) 2>&1 | tail -12

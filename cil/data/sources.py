@@ -39,10 +39,10 @@ import dataclasses
 import gzip
 import hashlib
 import importlib.util
-import os
-import pathlib
 import io
 import json
+import os
+import pathlib
 import pickle
 import struct
 import tarfile
@@ -272,17 +272,16 @@ def read_folder(name: str, root: pathlib.Path) -> Dataset:
 def read_folder_archive(name: str, archive: pathlib.Path) -> Dataset:
     """The images of a .tar(.gz) archive laid out as ``{train,test}/<class>/<image>``, decoded
     from memory without extracting it (the archive is read once, in order)."""
+    def image_member(name: str) -> bool:  # {train,test}/<class>/<image>, "./" allowed in front
+        parts = pathlib.PurePosixPath(name).parts
+        parts = parts[1:] if parts[:1] == (".",) else parts
+        return (len(parts) == 3 and parts[0] in SPLITS
+                and pathlib.PurePosixPath(parts[2]).suffix.lower() in IMAGE_SUFFIXES)
+
     members = {}  # (split, class) -> [(member name, bytes)]
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = pathlib.PurePosixPath(member.name).parts
-            if parts and parts[0] == ".":
-                parts = parts[1:]
-            if (not member.isfile() or len(parts) != 3 or parts[0] not in SPLITS
-                    or pathlib.PurePosixPath(parts[2]).suffix.lower() not in IMAGE_SUFFIXES):
-                continue
-            members.setdefault((parts[0], parts[1]), []).append(
-                (member.name, tar.extractfile(member).read()))
+    for member, data in read_tar(archive, image_member).items():
+        split, class_name = pathlib.PurePosixPath(member).parts[-3:-1]
+        members.setdefault((split, class_name), []).append((member, data))
     class_names = tuple(sorted({c for split, c in members if split == "train"}))
     for split in SPLITS:
         found = tuple(sorted({c for s, c in members if s == split}))
@@ -317,6 +316,21 @@ def stack_images(name, paths, images, class_names, counts) -> Dataset:
                    np.repeat(np.arange(len(class_names), dtype=np.int32), counts[split])]
         start = end
     return Dataset(name, *arrays, class_names)
+
+
+def read_tar(archive: pathlib.Path, wanted) -> dict[str, bytes]:
+    """The bytes of every file of a .tar(.gz) archive whose name ``wanted(name)`` accepts, read in
+    one pass; a damaged archive is a DataError naming it."""
+    found = {}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                if member.isfile() and wanted(member.name):
+                    found[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise DataError(f"cannot read {archive}: {error}; download or build the archive "
+                        f"again") from None
+    return found
 
 
 # --- Cache of decoded arrays ------------------------------------------------------------------------
@@ -400,14 +414,8 @@ def read_cifar_python(name: str, root: pathlib.Path) -> Dataset:
     wanted = [*train_members, test_member, meta_member]
     found = {}
     if root.is_file():
-        try:
-            with tarfile.open(root) as tar:
-                for member in tar:
-                    base = pathlib.PurePosixPath(member.name).name
-                    if member.isfile() and base in wanted:
-                        found[base] = tar.extractfile(member).read()
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-            raise DataError(f"cannot read {root}: {error}; download the archive again") from None
+        found = {pathlib.PurePosixPath(member).name: data for member, data in read_tar(
+            root, lambda member: pathlib.PurePosixPath(member).name in wanted).items()}
     else:
         for path in root.rglob("*"):
             if path.is_file() and path.name in wanted:

@@ -62,6 +62,7 @@ from jax.sharding import Mesh
 from cil import dkvb_keys, encoders, models, parallel
 from cil.data import sources
 from cil.errors import ConfigError, DataError
+from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence, Text
 from cil.strategy import Learned, MemoryReport, Strategy, pytree_bytes
 from cil.training import Trainer, mask_unseen
 
@@ -142,53 +143,42 @@ class DKVB(Strategy):
     name = "dkvb"
 
     @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({
-            "encoder": encoders.encoder_config(),
-            "decoder": "key_values",  # or "linear" / "mlp": the paper's baselines
-            "mlp_hidden": (128,),  # decoder="mlp" only
-            "num_codebooks": 64,  # paper: 256
-            "keys_per_codebook": 512,  # paper: 4,096
-            "key_dim": 14,
+    def fields(cls):
+        return {
+            "encoder": encoders.ENCODER_FIELDS,
+            "decoder": Field("key_values", OneOf(*DECODERS), "linear / mlp: the paper's baselines"),
+            "mlp_hidden": Field((128,), Sequence(Integer(min=1)), "decoder='mlp' only"),
+            "num_codebooks": Field(64, Integer(min=1), "paper: 256"),
+            "keys_per_codebook": Field(512, Integer(min=1), "paper: 4,096"),
+            "key_dim": Field(14, Integer(min=1)),
             "key_init": {
-                # "base_task" | "dataset": the training images of ``dataset`` | "file": ``path``
-                "source": "base_task",
-                "dataset": {"name": ml_collections.config_dict.placeholder(str),
-                            "data_dir": ml_collections.config_dict.placeholder(str),
-                            "download": False,
-                            "path": ml_collections.config_dict.placeholder(str)},
-                "path": ml_collections.config_dict.placeholder(str),  # .npy, or .npz with "images"
-                "epochs": 10,
-                "batch_size": 256,
-                "decay": 0.95,
-                "dead_key_fraction": 0.1,
-                "cache_dir": "~/.cache/cil/dkvb_keys",  # "" : no cache
+                # base_task | dataset: the training images of ``dataset`` | file: ``path``
+                "source": Field("base_task", OneOf(*KEY_SOURCES)),
+                "dataset": sources.FIELDS | {"name": Field(None, Optional(Text()))},
+                "path": Field(None, Optional(Text()), ".npy, or .npz with 'images'"),
+                "epochs": Field(10, Integer(min=1)),
+                "batch_size": Field(256, Integer(min=1)),
+                "decay": Field(0.95, Number(min=0, below=1), "EMA decay of the keys"),
+                "dead_key_fraction": Field(0.1, Number(min=0, max=1)),
+                "cache_dir": Field("~/.cache/cil/dkvb_keys", Text(), "'': no cache"),
             },
-            "learning_rate": 0.3,  # plain SGD, as the paper (0.001 for its probe and MLP)
-            "batch_size": 256,
-            "epochs": 20,  # per task (the paper: 500 to 2,000)
-            "clip_norm": 1.0,  # global gradient norm; 0 turns clipping off
-            "label_smoothing": 0.1,
-        })
+            "learning_rate": Field(0.3, Number(above=0), "plain SGD, as the paper (0.001 for its "
+                                   "probe and MLP)"),
+            "batch_size": Field(256, Integer(min=1)),
+            "epochs": Field(20, Integer(min=1), "per task (the paper: 500 to 2,000)"),
+            "clip_norm": Field(1.0, Number(min=0), "global gradient norm; 0 turns clipping off"),
+            "label_smoothing": Field(0.1, Number(min=0, below=1)),
+        }
 
     def __init__(self, config):
         super().__init__(config)
         cfg = config.strategy
-        if cfg.decoder not in DECODERS:
-            raise ConfigError(f"dkvb.decoder='{cfg.decoder}'; choose one of {', '.join(DECODERS)}")
-        if cfg.key_init.source not in KEY_SOURCES:
-            raise ConfigError(f"dkvb.key_init.source='{cfg.key_init.source}'; choose 'base_task' "
-                              f"(the first task's images, labels dropped), 'dataset' (set "
-                              f"key_init.dataset.name) or 'file' (set key_init.path)")
         if cfg.key_init.source == "dataset" and not cfg.key_init.dataset.name:
             raise ConfigError("dkvb.key_init.source='dataset' needs key_init.dataset.name, a data "
                               "source disjoint from the stream (e.g. 'digits')")
         if cfg.key_init.source == "file" and not cfg.key_init.path:
             raise ConfigError("dkvb.key_init.source='file' needs key_init.path: a .npy file of "
                               "uint8 images (N, H, W, C), or an .npz holding them as 'images'")
-        for field in ("num_codebooks", "keys_per_codebook", "key_dim", "epochs", "batch_size"):
-            if int(cfg[field]) < 1:
-                raise ConfigError(f"dkvb.{field}={cfg[field]}; it must be at least 1")
         self.settings = dkvb_keys.KeySettings(
             num_codebooks=int(cfg.num_codebooks), keys_per_codebook=int(cfg.keys_per_codebook),
             key_dim=int(cfg.key_dim), epochs=int(cfg.key_init.epochs),

@@ -24,12 +24,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from baselines.replay import Replay
 from cil import parallel
-from cil.errors import ConfigError
+from cil.fields import Field, Integer, Number, OneOf
 from cil.strategy import Learned, StreamSpec
 from cil.training import Distillation
 
@@ -60,12 +59,14 @@ class ICaRL(Replay):
     name = "icarl"
 
     @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({
-            "exemplars": 2000,  # only when config.memory sets no budget (the paper's CIFAR figure)
-            "temperature": 2.0,  # distillation temperature (PyCIL)
-            "classifier": "nme",  # nme: nearest mean of exemplars; logits: the network's head
-        })
+    def fields(cls):
+        return {
+            "exemplars": Field(2000, Integer(min=0), "only when config.memory sets no budget "
+                               "(the paper's CIFAR figure)"),
+            "temperature": Field(2.0, Number(above=0), "distillation temperature (PyCIL)"),
+            "classifier": Field("nme", OneOf(*CLASSIFIERS),
+                                "nme: nearest mean of exemplars; logits: the network's head"),
+        }
 
     def selection(self):
         return "herding", True
@@ -81,9 +82,6 @@ class ICaRL(Replay):
         return max(spec.train_sizes) + self.exemplar_memory.capacity
 
     def init(self, key, spec):
-        if self.config.strategy.classifier not in CLASSIFIERS:
-            raise ConfigError(f"unknown icarl.classifier '{self.config.strategy.classifier}'; "
-                              f"choose one of: {', '.join(CLASSIFIERS)}")
         state = super().init(key, spec)
         means = jnp.zeros((spec.num_classes, self.feature_dim(spec)), jnp.float32)
         return {**state, "means": parallel.replicate(self._trainer.mesh, means)}

@@ -10,10 +10,10 @@ continues from the previous network instead of starting afresh.
 from __future__ import annotations
 
 import jax
-import ml_collections
 import numpy as np
 
 from baselines.finetune import Finetune
+from cil.fields import Field, Flag
 from cil.strategy import Learned
 
 
@@ -21,8 +21,8 @@ class Joint(Finetune):
     name = "joint"
 
     @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({"reinit": True})
+    def fields(cls):
+        return {"reinit": Field(True, Flag(), "train from scratch on all data seen at each task")}
 
     def capacity(self, spec):
         return sum(spec.train_sizes)

@@ -22,7 +22,7 @@ example:
   class of its nearest anchor among all anchors of all classes seen so far; the class with most
   votes wins. ``predict`` returns the vote counts (a class never seen has no anchor, so no votes).
 
-Choices the paper leaves open, as config fields (defaults in ``default_config``):
+Choices the paper leaves open, as config fields (defaults in ``fields``):
 - ``tie_break``: "distance" (default) adds to each class's votes 0.5 / (1 + its mean distance, over
   views and subspaces, to its nearest anchor): always less than one vote, so it only orders classes
   that tie on votes, the nearest first. "lowest_label": no bonus; the evaluator's arg-max then
@@ -45,12 +45,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from cil import encoders, parallel
 from cil.data import augment
-from cil.errors import ConfigError
+from cil.fields import Field, Integer, OneOf
 from cil.strategy import Learned, MemoryReport, Strategy, pytree_bytes
 
 TIE_BREAKS = ("distance", "lowest_label")
@@ -60,25 +59,19 @@ class NCM(Strategy):
     name = "ncm"
 
     @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({
-            "encoder": encoders.encoder_config(),
-            "subspaces": 8,  # P: the feature vector is cut into P sub-vectors, each votes
-            "anchors": 1,  # k: anchor vectors per class and subspace (1: class means)
-            "train_views": 5,  # views learned per training image (1: no augmentation)
-            "test_views": 5,  # views voting per test image (1: no test-time voting)
-            "augment": augment.default_config(),
-            "tie_break": "distance",  # or "lowest_label" (see the module docstring)
-        })
+    def fields(cls):
+        return {
+            "encoder": encoders.ENCODER_FIELDS,
+            "subspaces": Field(8, Integer(min=1), "P: the features cut into P parts, each votes"),
+            "anchors": Field(1, Integer(min=1), "k: anchors per class and subspace (1: means)"),
+            "train_views": Field(5, Integer(min=1), "views learned per training image (1: none)"),
+            "test_views": Field(5, Integer(min=1), "views voting per test image (1: no voting)"),
+            "augment": augment.VIEW_FIELDS,
+            "tie_break": Field("distance", OneOf(*TIE_BREAKS), "see the module docstring"),
+        }
 
     def __init__(self, config):
         super().__init__(config)
-        cfg = config.strategy
-        for field in ("subspaces", "anchors", "train_views", "test_views"):
-            if int(cfg[field]) < 1:
-                raise ConfigError(f"ncm.{field}={cfg[field]}; it must be at least 1")
-        if cfg.tie_break not in TIE_BREAKS:
-            raise ConfigError(f"ncm.tie_break='{cfg.tie_break}'; choose one of {', '.join(TIE_BREAKS)}")
         self._built_for = None
 
     def _build(self, spec) -> None:

@@ -55,11 +55,11 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from ml_collections import config_dict
 
 from cil import encoders, models, parallel
 from cil.data.stream import Task
 from cil.errors import ConfigError
+from cil.fields import Field, Integer, Number, OneOf, Optional, Text
 from cil.models.networks import Network
 from cil.strategy import Learned, MemoryReport, Strategy, StreamSpec, pytree_bytes
 from cil.training import Trainer
@@ -158,22 +158,20 @@ class PartialSharing(Strategy):
     name = "partial_sharing"
 
     @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({
-            "shared_stages": config_dict.placeholder(int),  # k; unset: chosen by shared_fraction
-            "shared_fraction": 0.5,  # share the longest prefix holding at most this parameter share
-            "merge": "softmax",  # softmax | logits
-            "calibration_per_class": 0,  # kept images per class for the calibration fit (0: none)
-            "base_checkpoint": config_dict.placeholder(str),  # a base trained on task 0 alone
-        })
+    def fields(cls):
+        return {
+            "shared_stages": Field(None, Optional(Integer(min=0)),
+                                   "k; unset: chosen by shared_fraction"),
+            "shared_fraction": Field(0.5, Number(min=0, max=1), "share the longest prefix "
+                                     "holding at most this share of the parameters"),
+            "merge": Field("softmax", OneOf(*MERGES)),
+            "calibration_per_class": Field(0, Integer(min=0), "kept images per class for the "
+                                           "calibration fit (0: none)"),
+            "base_checkpoint": Field(None, Optional(Text()), "a base trained on task 0 alone"),
+        }
 
     def __init__(self, config):
         super().__init__(config)
-        if config.strategy.merge not in MERGES:
-            raise ConfigError(f"unknown partial_sharing.merge '{config.strategy.merge}'; "
-                              f"choose {' or '.join(MERGES)}")
-        if config.strategy.calibration_per_class < 0:
-            raise ConfigError("partial_sharing.calibration_per_class must be >= 0")
         self._built_for = None
 
     # --- set-up --------------------------------------------------------------------------------

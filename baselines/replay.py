@@ -18,12 +18,13 @@ only when config.memory sets neither. Subclasses (icarl) reuse the buffer and it
 from __future__ import annotations
 
 import jax
-import ml_collections
 from flax import nnx
 
 from baselines.finetune import Finetune
 from cil import models, parallel
-from cil.memory import COUNTER_BYTES, ExemplarMemory, exemplar_bytes, exemplar_capacity
+from cil.fields import Field, Flag, Integer, OneOf, Optional
+from cil.memory import (COUNTER_BYTES, SELECTIONS, ExemplarMemory, exemplar_bytes,
+                        exemplar_capacity)
 from cil.strategy import Learned, StreamSpec, pytree_bytes
 from cil.training import DeviceData, MemoryBatches
 
@@ -37,15 +38,15 @@ class Replay(Finetune):
         self._memory_spec = None
 
     @classmethod
-    def default_config(cls):
-        return ml_collections.ConfigDict({
-            # Exemplars kept only when config.memory sets no budget (Zhou et al.'s CIFAR figure).
-            "exemplars": 2000,
-            "selection": "random",  # random | reservoir | herding (cil/memory.py)
-            "class_balanced": True,  # equal shares per class seen
-            # Exemplars per step, besides train.batch_size new examples; None: train.batch_size.
-            "memory_batch_size": ml_collections.config_dict.placeholder(int),
-        })
+    def fields(cls):
+        return {
+            "exemplars": Field(2000, Integer(min=0), "kept only when config.memory sets no "
+                               "budget (Zhou et al.'s CIFAR figure)"),
+            "selection": Field("random", OneOf(*SELECTIONS), "which examples stay (cil/memory.py)"),
+            "class_balanced": Field(True, Flag(), "equal shares per class seen"),
+            "memory_batch_size": Field(None, Optional(Integer(min=1)), "exemplars per step, "
+                                       "besides train.batch_size new examples; unset: the same"),
+        }
 
     def selection(self) -> tuple[str, bool]:
         """The memory's (selection, class_balanced)."""

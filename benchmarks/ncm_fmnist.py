@@ -57,10 +57,8 @@ class FrozenFeatures:
     """Mixin: the strategy it precedes sees the frozen encoder's features instead of images."""
 
     @classmethod
-    def default_config(cls):
-        config = super().default_config()
-        config.encoder = encoders.encoder_config()
-        return config
+    def fields(cls):
+        return {**super().fields(), "encoder": encoders.ENCODER_FIELDS}
 
     def init(self, key, spec):
         self.encoder = encoders.encoder_from_config(self.config.strategy.encoder, spec.image_shape)

@@ -38,9 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
-import os
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -49,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cil import parallel
+from cil import npz_cache, parallel
 from cil.results import stable_hash
 from cil.training import shuffled_order
 
@@ -230,15 +228,10 @@ def cached_keys(directory, fingerprint: dict, compute: Callable[[], np.ndarray],
     if not directory:
         return compute(), False
     path = Path(directory).expanduser() / f"dkvb_keys_{stable_hash(fingerprint, 20)}.npz"
-    if path.is_file():
-        with np.load(path) as stored:
-            return stored["keys"], True
+    keys = npz_cache.read(path, lambda stored: stored["keys"])
+    if keys is not None:
+        return keys, True
     keys = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, keys=keys, fingerprint=json.dumps(fingerprint),
-             description=json.dumps(description or {}, default=str))
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent runs: last rename wins
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    npz_cache.write(path, keys=keys, fingerprint=json.dumps(fingerprint),
+                    description=json.dumps(description or {}, default=str))
     return keys, False

@@ -15,7 +15,7 @@ API (one implementation, shared by every frozen-encoder strategy: ncm, dkvb):
   encoder (None: all, i.e. the input of the head), ``trained_on``: the data it saw).
 - ``load_encoder(directory, expected_image_shape=None) -> Encoder``; a missing, unreadable or
   mismatched checkpoint is a one-line ConfigError / DataError naming the path and the fix.
-- ``encoder_config()``: the section a strategy embeds: ``name`` ("checkpoint" | "identity"),
+- ``ENCODER_FIELDS``: the section a strategy embeds: ``name`` ("checkpoint" | "identity"),
   ``checkpoint`` (a directory; "" = not set), ``batch_size``; ``encoder_from_config(cfg, image_shape)``.
 - ``Encoder``: frozen. ``.features(images)`` -> (N, D) float32, jitted, in fixed-size batches split
   over the devices; ``.feature_dim``; ``.image_shape``; ``.num_bytes`` (params + state, for
@@ -47,6 +47,7 @@ from flax import nnx
 from cil import models, parallel
 from cil.data import augment
 from cil.errors import ConfigError, DataError
+from cil.fields import Field, Integer, OneOf, Text, check
 from cil.models.networks import to_float
 from cil.strategy import pytree_bytes
 
@@ -61,13 +62,14 @@ PRETRAIN_HINT = "python run.py --config=configs/pretrain_fmnist.py writes one"
 DEFAULT_BATCH = 256
 
 
-def encoder_config() -> ml_collections.ConfigDict:
-    """The ``encoder`` section of a frozen-encoder strategy's config, with its defaults."""
-    return ml_collections.ConfigDict({
-        "name": "checkpoint",  # "checkpoint": load ``checkpoint``; "identity": raw pixels
-        "checkpoint": "",  # a save_encoder directory ("" = not set)
-        "batch_size": DEFAULT_BATCH,  # images per compiled encoder call (rounded up to the devices)
-    })
+# The ``encoder`` section of a frozen-encoder strategy's config.
+ENCODER_FIELDS = {
+    "name": Field("checkpoint", OneOf("checkpoint", "identity"),
+                  "checkpoint: load ``checkpoint``; identity: raw pixels"),
+    "checkpoint": Field("", Text(), "a save_encoder directory (\"\" = not set)"),
+    "batch_size": Field(DEFAULT_BATCH, Integer(min=1),
+                        "images per compiled encoder call (rounded up to the devices)"),
+}
 
 
 class Encoder:
@@ -142,7 +144,6 @@ def extract_features(encoder: Encoder, images, key, views: int, augment_config,
     (encoder, views, augmentation), whatever N. ``augment_config`` must be resolved
     (``augment.resolve``); view v of an image depends only on ``key``, v and its pixels.
     """
-    augment.check(augment_config)
     images = np.asarray(images)
     if tuple(images.shape[1:]) != encoder.image_shape:
         encoder.check_image_shape(images.shape[1:], "the data")
@@ -267,12 +268,11 @@ def load_encoder(directory, expected_image_shape=None, batch_size: int = DEFAULT
 
 
 def encoder_from_config(config: ml_collections.ConfigDict, expected_image_shape) -> Encoder:
-    """The encoder a strategy's ``encoder`` section names (see ``encoder_config``)."""
+    """The encoder a strategy's ``encoder`` section names (``ENCODER_FIELDS``)."""
+    check(config, ENCODER_FIELDS, "encoder", partial=True)
     batch_size = config.get("batch_size") or DEFAULT_BATCH
     if config.name == "identity":
         return identity_encoder(expected_image_shape, batch_size)
-    if config.name != "checkpoint":
-        raise ConfigError(f"unknown encoder.name '{config.name}'; choose 'checkpoint' or 'identity'")
     if not config.get("checkpoint"):
         raise ConfigError(f"encoder.checkpoint is not set; name a frozen encoder directory "
                           f"({PRETRAIN_HINT}) or set encoder.name='identity' for raw pixels")

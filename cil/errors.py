@@ -2,7 +2,8 @@
 
       raise ConfigError("unknown strategy 'replai'; choose one of: finetune, joint")
 
-run.py catches ``CilError``, prints ``error: <message>`` and exits with status 2.
+run.py catches ``CilError``, prints ``error: <message>`` and exits with status 2. A ``RunError``
+ends one (strategy, seed) run; a grid (cil/sweep.py) runs its other cells before reporting it.
 """
 
 
@@ -18,5 +19,17 @@ class DataError(CilError):
     """The data is missing, empty or malformed."""
 
 
-class BudgetError(CilError):
+class WorkdirError(CilError):
+    """The workdir cannot be written: a file in its place, no permission, a full disk."""
+
+
+class RunError(CilError):
+    """One run cannot go on; it writes no summary line."""
+
+
+class BudgetError(RunError):
     """A strategy kept more memory than the run's budget allows (PROTOCOL.md)."""
+
+
+class DivergenceError(RunError):
+    """Training produced a loss or parameters that are not finite (NaN or infinity)."""

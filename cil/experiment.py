@@ -19,42 +19,58 @@ from pathlib import Path
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cil import evaluation, models, parallel, training
-from cil.data import augment, sources, stream as streams
-from cil.errors import ConfigError
-from cil.results import ResultsWriter, stable_hash
-from cil.strategy import Budget, StreamSpec, available_strategies, load_strategy, strategy_config
+from cil.data import sources, stream as streams
+from cil.errors import ConfigError, DivergenceError
+from cil.fields import Field, Flag, Integer, OneOf, Sequence, check
+from cil.results import ResultsWriter, stable_hash, writing
+from cil.strategy import (MEMORY_FIELDS, Budget, StreamSpec, available_strategies, load_strategy,
+                          strategy_config)
 from cil.timing import Stopwatch
 
-REQUIRED_SECTIONS = ("dataset", "stream", "model", "train", "memory", "strategies", "seeds",
-                     "eval_batch_size", "checkpoint")
+
+
+def fields() -> dict:
+    """Every field of an experiment config, each declared beside the code that reads it."""
+    return {
+        "dataset": sources.FIELDS,
+        "stream": streams.FIELDS,
+        "model": models.fields("mlp"),  # another network has other options (models.check)
+        "train": training.FIELDS,
+        "memory": MEMORY_FIELDS,
+        "strategies": Field(("finetune", "joint"), Sequence(
+            OneOf(*available_strategies()), min_length=1, distinct=True), "what runs"),
+        "seeds": Field((0, 1, 2), Sequence(Integer(min=0, max=2**31 - 1), min_length=1,
+                                           distinct=True), "one run per strategy and seed"),
+        "eval_batch_size": Field(1000, Integer(min=1), "test images per prediction call"),
+        "checkpoint": Field(True, Flag(), "save the state after every task, to resume"),
+    }
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Every top-level key must be a known section or a strategy's own section."""
+    """Every field against its rule, then what must fit together; ConfigError before any work."""
     if "sweep" in config:  # cil/sweep.py expands a grid into plain configs before they get here
         raise ConfigError("config.sweep declares a grid; run it with run.py (cil.sweep.run_grid)")
-    known = set(REQUIRED_SECTIONS) | set(available_strategies())
-    unknown = sorted(set(config.keys()) - known)
+    declared = fields()
+    unknown = sorted(set(config.keys()) - set(declared) - set(available_strategies()))
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; top-level keys are "
-                          f"{', '.join(sorted(REQUIRED_SECTIONS))} and strategy names")
-    missing = [k for k in REQUIRED_SECTIONS if k not in config]
-    if missing:
-        raise ConfigError(f"config lacks {', '.join(missing)}; start from configs/digits.py")
-    if not config.strategies:
-        raise ConfigError("config.strategies is empty; name at least one of: "
-                          + ", ".join(available_strategies()))
+                          f"{', '.join(sorted(declared))} and strategy names")
+    if "model" not in config:
+        raise ConfigError("config lacks model; start from configs/digits.py")
+    models.check(config.model)  # by the fields of the network it names
+    del declared["model"]
+    check({k: v for k, v in config.items() if k in declared}, declared, "")
     for name in config.strategies:
-        # An unknown strategy or key, a bad schedule or augmentation: fail before any work.
-        merged = strategy_config(name, config)
-        for task_index in (0, 1):  # task 0's recipe (train.first_task) and the later tasks'
+        # A strategy's own section and train overrides (its constructor checks what must fit
+        # together there), and its schedules: task 0's and the later tasks'.
+        merged = load_strategy(name, config).config
+        for task_index in (0, 1):
             training.task_schedule(merged.train, task_index)
-        augment.resolve_training(merged.train.get("augment"))
-        training.compute_dtype(merged.train)
-    models.check_name(config.model.name)
     parallel.check_divisible(config.train.batch_size, parallel.data_mesh())
 
 
@@ -102,7 +118,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     validate_config(config)
     stream = build_stream(config)
     spec = stream_spec(stream, config.memory)
-    writer = ResultsWriter(workdir)
+    writer = ResultsWriter(workdir, report=progress)
     config_hash = writer.snapshot_config(config.to_dict())
     identity = stream_identity(config, stream)
     progress(f"{stream.dataset_name} {stream.split_name}: {stream.num_tasks} tasks, "
@@ -136,6 +152,8 @@ class RunLoop:
         self.strategy, self.stream, self.spec, self.config = strategy, stream, spec, config
         self.header, self.writer, self.progress = header, writer, progress
         self.checkpoint_path = workdir / "checkpoints" / f"{header['run_id']}.pkl"
+        # The checkpoint before the latest: where a run resumes if the latest is damaged.
+        self.previous_path = self.checkpoint_path.with_suffix(".previous.pkl")
         self.tag = f"[{header['strategy']} seed {header['seed']}]"
 
     def run(self, settings: dict) -> dict:
@@ -161,6 +179,7 @@ class RunLoop:
         summary = self._summary(progress, settings)
         self.writer.append(summary)
         self.checkpoint_path.unlink(missing_ok=True)
+        self.previous_path.unlink(missing_ok=True)
         self.progress(f"{self.tag} done: avg_inc_acc {summary['avg_inc_acc']:.4f}, last_acc "
                       f"{summary['last_acc']:.4f}, forgetting {summary['forgetting']:.4f}, "
                       f"train {summary['train_seconds']:.1f}s")
@@ -169,8 +188,13 @@ class RunLoop:
     def _task(self, state, t, key, progress):
         task = self.stream.train_task(t)
         with Stopwatch() as train_watch:
-            learned = self.strategy.learn(state, task, key)
+            try:
+                learned = self.strategy.learn(state, task, key)
+            except DivergenceError as error:
+                raise DivergenceError(f"{self.tag} task {t + 1}/{self.stream.num_tasks}: {error}; "
+                                      f"no summary is written") from None
             state = jax.block_until_ready(learned.state)
+        check_finite(state, f"{self.tag} task {t + 1}/{self.stream.num_tasks}")
         report = self.strategy.memory(state)
         evaluation.check_budget(report, self.spec.budget, self.header["strategy"], t)
         test = self.stream.test_seen(t)
@@ -218,16 +242,48 @@ class RunLoop:
         }
 
     def _load_checkpoint(self):
-        if not self.checkpoint_path.exists():
-            return None
-        with open(self.checkpoint_path, "rb") as f:
-            return pickle.load(f)
+        """The latest good checkpoint: the newest, else the one before it (a damaged file is
+        reported and moved aside), else None (the run starts from task 0)."""
+        for path in (self.checkpoint_path, self.previous_path):
+            if not path.exists():
+                continue
+            try:
+                with open(path, "rb") as f:
+                    saved = pickle.load(f)
+                if not {"progress", "state"} <= set(saved):
+                    raise ValueError("it lacks the progress or the state")
+                return saved
+            except Exception as error:  # a damaged pickle raises any of several types
+                aside = path.with_name(path.name + ".damaged")
+                os.replace(path, aside)
+                self.progress(f"warning: {self.tag} checkpoint {path} is damaged "
+                              f"({type(error).__name__}: {error}); moved to {aside}")
+        return None
 
     def _save_checkpoint(self, progress, state) -> None:
         if not self.config.checkpoint:
             return
-        self.checkpoint_path.parent.mkdir(exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump({"progress": progress, "state": jax.device_get(state)}, f)
-        os.replace(tmp, self.checkpoint_path)
+        with writing(self.checkpoint_path):
+            self.checkpoint_path.parent.mkdir(exist_ok=True)
+            with open(tmp, "wb") as f:
+                pickle.dump({"progress": progress, "state": jax.device_get(state)}, f)
+            if self.checkpoint_path.exists():
+                os.replace(self.checkpoint_path, self.previous_path)
+            os.replace(tmp, self.checkpoint_path)
+
+
+def check_finite(state, where: str) -> None:
+    """DivergenceError if a floating-point array of ``state`` holds a NaN or an infinity: a
+    backstop for strategies whose training does not check its loss (cil/training.py does)."""
+    leaves = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+              if jnp.issubdtype(getattr(leaf, "dtype", np.int32), jnp.inexact)]
+    if not leaves:
+        return
+    # One transfer for all the flags (the leaves may live on different devices).
+    finite = np.asarray(jax.device_get([jnp.isfinite(leaf).all() for _, leaf in leaves]))
+    if not finite.all():
+        path = jax.tree_util.keystr(leaves[int(np.argmin(finite))][0])
+        raise DivergenceError(f"{where}: the state's {path} holds NaN or infinite values "
+                              f"(training diverged); lower the learning rate. No summary is "
+                              f"written")

@@ -31,33 +31,34 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from cil import encoders, models, parallel
+from cil import encoders, models, parallel, training
 from cil.data import sources, stream as streams
 from cil.errors import ConfigError
+from cil.fields import Field, Integer, OneOf, Optional, check
+from cil.results import prepare_workdir
 from cil.training import Trainer
 
-SECTIONS = ("dataset", "stream", "model", "train", "pretrain")
-DATA_CHOICES = ("base_task", "dataset")
-
-
-def default_pretrain() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "data": "base_task",  # "base_task": the stream's task 0; "dataset": all of config.dataset
-        "seed": 0,
-        "encoder_stages": ml_collections.config_dict.placeholder(int),  # None: every stage
-    })
+# config.pretrain; the other sections are a benchmark config's (cil/experiment.py).
+FIELDS = {
+    "data": Field("base_task", OneOf("base_task", "dataset"),
+                  "base_task: the stream's task 0; dataset: all of config.dataset"),
+    "seed": Field(0, Integer(min=0, max=2**31 - 1), "initialisation and shuffling"),
+    "encoder_stages": Field(None, Optional(Integer(min=1)), "unset: every stage"),
+}
+SECTIONS = {"dataset": sources.FIELDS, "stream": streams.FIELDS, "train": training.FIELDS,
+            "pretrain": FIELDS}
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    unknown = sorted(set(config.keys()) - set(SECTIONS))
-    missing = [k for k in SECTIONS if k not in config]
+    expected = {*SECTIONS, "model"}
+    unknown, missing = sorted(set(config.keys()) - expected), sorted(expected - set(config.keys()))
     if unknown or missing:
-        raise ConfigError(f"a pretraining config has exactly the sections {', '.join(SECTIONS)} "
+        raise ConfigError(f"a pretraining config has exactly the sections {', '.join(sorted(expected))} "
                           f"(unknown: {', '.join(unknown) or 'none'}; missing: "
                           f"{', '.join(missing) or 'none'}); start from configs/pretrain_fmnist.py")
-    if config.pretrain.data not in DATA_CHOICES:
-        raise ConfigError(f"pretrain.data='{config.pretrain.data}'; choose one of "
-                          f"{', '.join(DATA_CHOICES)}")
+    models.check(config.model)
+    check({k: config[k] for k in SECTIONS}, SECTIONS, "")
+    training.task_schedule(config.train, 0)
 
 
 def pretraining_data(config) -> tuple[sources.Dataset, dict]:
@@ -81,6 +82,7 @@ def run_pretrain(config: ml_collections.ConfigDict, workdir: str,
                  progress: Callable[[str], None] = print) -> Path:
     """Trains ``config.model`` on the pretraining data and saves it as a frozen encoder in ``workdir``."""
     validate(config)
+    prepare_workdir(workdir)
     data, trained_on = pretraining_data(config)
     num_classes = data.num_classes
     progress(f"pretraining {config.model.name} on {trained_on['data']} of {data.name}: "

@@ -1,26 +1,65 @@
 """Results files: ``config.json`` and ``results.jsonl`` (one line per task, one summary per run).
 
-    writer = ResultsWriter(workdir)
+    writer = ResultsWriter(workdir)                 # damaged lines are set aside (see below)
     writer.snapshot_config(config)                  # config.json (config-<hash>.json if it differs)
     if not writer.is_complete(run_id): ...          # rerunning skips finished runs
     writer.append({"kind": "task", "run_id": run_id, ...})
     summaries = read_summaries(workdir)             # what tables and plots read
 
-A line is written with one ``write`` of the whole encoded line and flushed to disk; a line cut
-short by a crash is removed the next time the file is opened, so readers never see half a line.
-A run without a summary line is incomplete: rerunning the same command resumes it from its last
-checkpoint. Each invocation is an ``attempt``: task lines carry theirs, the summary lists them all,
-so a task line of an interrupted attempt that was later redone can be told apart.
+A line is written with one ``write`` of the whole encoded line and flushed to disk. A run without a
+summary line is incomplete: rerunning the same command resumes it from its last checkpoint. Each
+invocation is an ``attempt``: task lines carry theirs, the summary lists them all, so a task line of
+an interrupted attempt that was later redone can be told apart.
+
+Damage: a line that is not a JSON record (cut short by a crash, or edited by hand) is reported with
+its file and line number and skipped by every reader. ``ResultsWriter`` also moves it out of
+``results.jsonl`` into ``results.damaged.jsonl`` (its text, line number and when it was found), so
+nothing is lost and later runs read a clean file. Writing in a workdir that is a file, read-only or
+full raises ``WorkdirError``, one line naming the path and the cause.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import sys
+import time
 from pathlib import Path
+from typing import Callable
+
+from cil.errors import WorkdirError
 
 RESULTS_FILE = "results.jsonl"
+DAMAGED_FILE = "results.damaged.jsonl"
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turns an OSError while writing ``path`` into a one-line WorkdirError."""
+    try:
+        yield
+    except OSError as error:
+        fix = {errno.ENOSPC: "free space on its disk", errno.EDQUOT: "free space on its disk",
+               errno.EACCES: "make it writable", errno.EPERM: "make it writable",
+               errno.EROFS: "make it writable"}.get(error.errno)
+        raise WorkdirError(f"cannot write {path}: {error.strerror or error}; "
+                           f"{fix + ' or ' if fix else ''}choose another --workdir") from None
+
+
+def prepare_workdir(workdir) -> Path:
+    """``workdir`` created if needed and checked writable; WorkdirError (one line) otherwise."""
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir={workdir} is a file, not a folder; choose another --workdir")
+    with writing(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    return workdir
 
 
 def stable_hash(value, length: int = 12) -> str:
@@ -31,24 +70,34 @@ def stable_hash(value, length: int = 12) -> str:
 
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with writing(path):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 class ResultsWriter:
-    def __init__(self, workdir):
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, workdir, report: Callable[[str], None] = print):
+        self.workdir = prepare_workdir(workdir)
         self.path = self.workdir / RESULTS_FILE
-        self._drop_partial_line()
+        self._set_damage_aside(report)
 
-    def _drop_partial_line(self) -> None:
+    def _set_damage_aside(self, report) -> None:
+        """Moves damaged lines of results.jsonl to results.damaged.jsonl (see the docstring)."""
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+        lines, damaged = parse_lines(self.path)
+        if not damaged:
+            return
+        found = time.strftime("%Y-%m-%dT%H:%M:%S")
+        aside = "".join(json.dumps({"file": RESULTS_FILE, "line": number, "text": text,
+                                    "problem": problem, "found": found}) + "\n"
+                        for number, text, problem in damaged)
+        with writing(self.workdir / DAMAGED_FILE), open(self.workdir / DAMAGED_FILE, "a") as f:
+            f.write(aside)
+        write_atomically(self.path, "".join(text for _, text, _ in lines))
+        for number, _, problem in damaged:
+            report(f"warning: {self.path} line {number} is damaged ({problem}); moved to "
+                   f"{self.workdir / DAMAGED_FILE}")
 
     def snapshot_config(self, config_dict: dict) -> str:
         """Writes the config beside the results; returns its hash (stored in every record)."""
@@ -63,30 +112,47 @@ class ResultsWriter:
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with writing(self.path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def is_complete(self, run_id: str) -> bool:
         return any(r["run_id"] == run_id for r in read_records(self.workdir, kind="summary"))
 
 
+def parse_lines(path: Path) -> tuple[list[tuple[int, str, dict]], list[tuple[int, str, str]]]:
+    """(line number, text, record) of each good line; (line number, text, problem) of the others."""
+    good, damaged = [], []
+    for number, text in enumerate(path.read_text(errors="replace").splitlines(keepends=True), 1):
+        if not text.endswith("\n"):
+            damaged.append((number, text, "cut short"))
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            damaged.append((number, text, f"not JSON: {error.msg} at column {error.colno}"))
+            continue
+        if not isinstance(record, dict) or not {"kind", "run_id"} <= set(record):
+            damaged.append((number, text, "not a results record (no kind and run_id)"))
+            continue
+        good.append((number, text, record))
+    return good, damaged
+
+
 def read_records(workdir, kind: str | None = None) -> list[dict]:
-    """Every complete record of ``workdir/results.jsonl`` (of one ``kind`` if given)."""
+    """Every good record of ``workdir/results.jsonl`` (of one ``kind`` if given); damaged lines are
+    named on stderr and skipped."""
     path = Path(workdir) / RESULTS_FILE
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break  # a line cut short by a crash
-        record = json.loads(line)
-        if kind is None or record.get("kind") == kind:
-            records.append(record)
-    return records
+    good, damaged = parse_lines(path)
+    for number, _, problem in damaged:
+        print(f"warning: {path} line {number} is damaged ({problem}); skipped", file=sys.stderr)
+    return [record for _, _, record in good if kind is None or record.get("kind") == kind]
 
 
 def read_summaries(*workdirs) -> list[dict]:

@@ -29,8 +29,17 @@ import numpy as np
 
 from cil.data.stream import Task, TaskSpan
 from cil.errors import ConfigError
+from cil.fields import Field, Fields, Flag, Integer, Optional, check, defaults
 
 PyTree = Any
+
+
+# config.memory: the run's budget (PROTOCOL.md "Memory accounting"); unset: unbounded.
+MEMORY_FIELDS = {
+    "budget_bytes": Field(None, Optional(Integer(min=0)), "bounds exemplars + learner + side state"),
+    "exemplars": Field(None, Optional(Integer(min=0)), "bounds the number of stored examples"),
+    "charge_encoder": Field(False, Flag(), "also charge a frozen encoder against budget_bytes"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +105,14 @@ class Strategy:
         self.config = config
 
     @classmethod
+    def fields(cls) -> Fields:
+        """This strategy's own settings, each a ``Field`` with its default and rule
+        (cil/fields.py); a config may override any of them in its section ``config.<name>``."""
+        return {}
+
+    @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
-        """This strategy's own settings and their defaults; a config may override any of them."""
-        return ml_collections.ConfigDict()
+        return defaults(cls.fields())
 
     def init(self, key, spec: StreamSpec) -> PyTree:
         raise NotImplementedError
@@ -144,6 +158,8 @@ def strategy_config(name: str, config: ml_collections.ConfigDict) -> ml_collecti
     ``config[name].train``, if set, overrides fields of ``config.train`` for this strategy alone:
     PyCIL trains each method with its own recipe (replay 70 epochs per later task, iCaRL 170).
     """
+    from cil import training  # the train section's fields; training imports this module's users
+
     cls = strategy_class(name)
     own = cls.default_config()
     overrides = config.get(name) or {}
@@ -151,18 +167,11 @@ def strategy_config(name: str, config: ml_collections.ConfigDict) -> ml_collecti
         overrides = overrides.to_dict()  # plain values: a placeholder may not update a placeholder
     overrides = dict(overrides)
     train_overrides = overrides.pop("train", None) or {}
-    unknown = sorted(set(overrides) - set(own))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-                          f"'{name}' accepts: {', '.join(sorted(own)) or 'no settings'}")
+    check(overrides, cls.fields(), name, partial=True)
+    check(train_overrides, training.FIELDS, f"{name}.train", partial=True)
     with own.unlocked():
         own.update(overrides)
     merged = ml_collections.ConfigDict(config.to_dict())
-    unknown = sorted(set(train_overrides) - set(merged.train))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(f'{name}.train.{k}' for k in unknown)}; "
-                          f"{name}.train overrides fields of config.train: "
-                          f"{', '.join(sorted(merged.train))}")
     merged.train.update(train_overrides)
     merged.strategy = own
     merged.strategy.name = name

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import ml_collections
 
 from cil import experiment
-from cil.errors import BudgetError, ConfigError
+from cil.errors import ConfigError, RunError
 from cil.strategy import available_strategies
 
 SWEEP_KEYS = ("budget_bytes", "unbudgeted", "fields")
@@ -189,8 +189,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, shard_index: int =
              num_shards: int = 1, progress: Callable[[str], None] = print) -> list[dict]:
     """Runs one shard of the grid in ``workdir`` (by default all of it); returns new summaries.
 
-    Every cell's config is checked before the first run. A cell whose strategy goes over its
-    budget fails alone: the other cells still run, then a BudgetError names every failed cell.
+    Every cell's config is checked before the first run. A cell whose run fails (over its
+    budget, diverged) fails alone: the other cells still run, then a RunError names every
+    failed cell.
     """
     points = expand(config)
     mine = shard(points, shard_index, num_shards)
@@ -209,12 +210,12 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, shard_index: int =
         try:
             summaries += experiment.run_experiment(configs[overrides], workdir, progress,
                                                    runs=[(name, seed) for seed in seeds])
-        except BudgetError as error:
+        except RunError as error:
             failed.append(f"{cell}: {error}")
             progress(f"cell {cell} failed: {error}")
     if failed:
-        raise BudgetError(f"{len(failed)} grid cell(s) went over budget (the other cells "
-                          f"finished): {'; '.join(failed)}")
+        raise RunError(f"{len(failed)} grid cell(s) failed (the other cells finished): "
+                       f"{'; '.join(failed)}")
     return summaries
 
 

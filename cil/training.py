@@ -63,18 +63,42 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cil import parallel
 from cil.data import augment
+from cil.errors import ConfigError, DivergenceError
+from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence, check
 from cil.models.networks import to_float
-from cil.errors import ConfigError
 
 NEG_INF = -1e9  # stands for minus infinity in masked logits (avoids inf - inf = nan)
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "cosine")
-# The fields of config.train that make up a task's schedule (train.first_task may override each),
-# with the values a train config without them gets.
-SCHEDULE_DEFAULTS = {"epochs": 1, "learning_rate": 0.01, "schedule": "constant", "milestones": (),
-                     "gamma": 0.1, "warmup_epochs": 0, "weight_decay": 0.0}
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The fields of config.train that make up a task's schedule; train.first_task may override each.
+SCHEDULE_FIELDS = {
+    "epochs": Field(1, Integer(min=1), "epochs per task"),
+    "learning_rate": Field(0.01, Number(above=0), "the schedule's peak (and starting) rate"),
+    # constant, multistep (times gamma at each milestone epoch) or cosine (after warmup_epochs)
+    "schedule": Field("constant", OneOf(*SCHEDULES), "learning rate over the epochs of a task"),
+    "milestones": Field((), Sequence(Integer(min=1), increasing=True), "multistep's epochs"),
+    "gamma": Field(0.1, Number(above=0), "multistep's factor at each milestone"),
+    "warmup_epochs": Field(0, Integer(min=0), "cosine's linear warmup"),
+    "weight_decay": Field(0.0, Number(min=0), "L2 penalty, as PyTorch's SGD and Adam apply it"),
+}
+SCHEDULE_DEFAULTS = {k: f.default for k, f in SCHEDULE_FIELDS.items()}
+# config.train: the recipe of every task, restarted at each (cil/experiment.py checks it).
+FIELDS = {
+    "optimizer": Field("sgd", OneOf(*OPTIMIZERS)),
+    "momentum": Field(0.0, Number(min=0, below=1), "SGD's momentum (0: none)"),
+    "batch_size": Field(128, Integer(min=1), "new examples per step, split over the devices"),
+    **SCHEDULE_FIELDS,
+    # Task 0's own recipe: each field set here overrides the one above for task 0 only.
+    "first_task": {k: Field(None, Optional(f.rule), f.help) for k, f in SCHEDULE_FIELDS.items()},
+    "augment": augment.TRAINING_FIELDS,  # per batch, on the device; off by default
+    "compute_dtype": Field("float32", OneOf(*COMPUTE_DTYPES),
+                           "bfloat16: mixed precision, parameters kept in float32"),
+    "steps_per_call": Field(None, Optional(Integer(min=0)),
+                            "steps per compiled call; unset: by network and backend (0: a loop)"),
+}
 # Training steps per compiled call for a network with convolutions on XLA:CPU (see above).
 CPU_CONV_STEPS_PER_CALL = 4
 
@@ -87,8 +111,6 @@ def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransforma
     AdamW's is decoupled.
     """
     kind, momentum = train.optimizer, train.momentum or None
-    if kind not in OPTIMIZERS:
-        raise ConfigError(f"unknown train.optimizer '{kind}'; choose sgd, adam or adamw")
 
     def build(learning_rate, weight_decay):
         if kind == "adamw":
@@ -138,43 +160,26 @@ def epoch_schedule(settings) -> optax.Schedule:
 
 
 def schedule_settings(train: ml_collections.ConfigDict, task_index: int) -> dict:
-    """The schedule fields for task ``task_index``: ``train.first_task``'s set fields win on task 0."""
+    """The schedule fields for task ``task_index``: ``train.first_task``'s set fields win on task 0.
+
+    Each field is checked against its rule (``FIELDS``), then what must fit together.
+    """
+    check({k: v for k, v in train.items() if k in FIELDS}, FIELDS, "train", partial=True)
     settings = {k: train.get(k, default) for k, default in SCHEDULE_DEFAULTS.items()}
-    first = dict(train.get("first_task") or {})
-    unknown = sorted(set(first) - set(SCHEDULE_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown train.first_task field(s) {', '.join(unknown)}; it may set "
-                          f"{', '.join(SCHEDULE_DEFAULTS)}")
     overridden = {}
     if task_index == 0:
-        overridden = {k: v for k, v in first.items() if v is not None}
+        overridden = {k: v for k, v in dict(train.get("first_task") or {}).items() if v is not None}
         settings.update(overridden)
-    check_schedule(settings, lambda k: f"train.first_task.{k}" if k in overridden else f"train.{k}")
+    field = lambda k: f"train.first_task.{k}" if k in overridden else f"train.{k}"  # noqa: E731
+    epochs = int(settings["epochs"])
+    if settings["schedule"] == "multistep" and any(m >= epochs for m in settings["milestones"]):
+        raise ConfigError(f"{field('milestones')}={tuple(settings['milestones'])} reaches past the "
+                          f"last epoch ({field('epochs')}={epochs}), where it never takes effect; "
+                          f"use milestones below {epochs} or train more epochs")
+    if settings["schedule"] == "cosine" and int(settings["warmup_epochs"]) >= epochs:
+        raise ConfigError(f"{field('warmup_epochs')}={settings['warmup_epochs']} must be below "
+                          f"{field('epochs')}={epochs}")
     return settings
-
-
-def check_schedule(settings: dict, field: Callable[[str], str]) -> None:
-    """Raises ConfigError naming the field (``field(key)``: its full name) that makes no sense."""
-    if settings["schedule"] not in SCHEDULES:
-        raise ConfigError(f"unknown {field('schedule')} '{settings['schedule']}'; choose one of: "
-                          f"{', '.join(SCHEDULES)}")
-    if int(settings["epochs"]) < 1:
-        raise ConfigError(f"{field('epochs')}={settings['epochs']}; train at least 1 epoch")
-    if not settings["learning_rate"] > 0:
-        raise ConfigError(f"{field('learning_rate')}={settings['learning_rate']} must be positive")
-    if not settings["gamma"] > 0:
-        raise ConfigError(f"{field('gamma')}={settings['gamma']} must be positive (0.1: x0.1 at "
-                          f"each milestone)")
-    if settings["weight_decay"] < 0:
-        raise ConfigError(f"{field('weight_decay')}={settings['weight_decay']} must be 0 or more")
-    milestones = list(settings["milestones"] or ())
-    if settings["schedule"] == "multistep" and (
-            milestones != sorted(set(milestones)) or any(m < 1 for m in milestones)):
-        raise ConfigError(f"{field('milestones')}={tuple(milestones)} must be increasing epochs "
-                          f">= 1")
-    if not 0 <= int(settings["warmup_epochs"]) < int(settings["epochs"]):
-        raise ConfigError(f"{field('warmup_epochs')}={settings['warmup_epochs']} must lie in "
-                          f"[0, epochs={settings['epochs']})")
 
 
 def task_schedule(train: ml_collections.ConfigDict, task_index: int) -> Schedule:
@@ -190,26 +195,17 @@ def steps_per_call(train: ml_collections.ConfigDict, graphdef) -> int:
     """Training steps per compiled call; 0: the whole epoch in one ``fori_loop`` (see above)."""
     chosen = train.get("steps_per_call")
     if chosen is not None:
-        if int(chosen) < 0:
-            raise ConfigError(f"train.steps_per_call={chosen}; use 0 (one loop per epoch), a "
-                              f"positive count, or leave it unset to choose by network and backend")
         return int(chosen)
     if jax.default_backend() == "cpu" and has_convolution(graphdef):
         return CPU_CONV_STEPS_PER_CALL
     return 0
 
 
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
 def compute_dtype(train: ml_collections.ConfigDict):
     """``train.compute_dtype``: float32, or bfloat16 (mixed precision: parameters, optimiser state
     and gradients stay float32; the forward and backward passes run in bfloat16, the loss in
     float32). Off by default until its effect on accuracy is measured per benchmark."""
-    name = train.get("compute_dtype") or "float32"
-    if name not in COMPUTE_DTYPES:
-        raise ConfigError(f"unknown train.compute_dtype '{name}'; choose float32 or bfloat16")
-    return COMPUTE_DTYPES[name]
+    return COMPUTE_DTYPES[train.get("compute_dtype") or "float32"]
 
 
 def has_convolution(graphdef) -> bool:
@@ -282,6 +278,7 @@ class Trainer:
 
     def __init__(self, graphdef, train: ml_collections.ConfigDict, mesh, capacity: int,
                  loss: Callable = seen_class_xent, feature_batch_size: int = 1024):
+        check(train, FIELDS, "train", partial=True)
         parallel.check_divisible(train.batch_size, mesh)
         self.graphdef = graphdef
         self.mesh = mesh
@@ -357,7 +354,8 @@ class Trainer:
             memory: MemoryBatches | None = None, distill: Distillation | None = None,
             progress: Callable[[int, float], None] | None = None) -> tuple[dict, int]:
         """Trains ``net`` by ``schedule`` (``self.schedule(task.index)``) from a fresh optimiser
-        state; ``progress(epoch, mean loss)`` is called after each epoch when given.
+        state; ``progress(epoch, mean loss)`` is called after each epoch when given. A loss that
+        is not finite stops training with a DivergenceError naming the epoch and learning rate.
 
         Returns the trained ``{"params", "model_state"}`` and the number of examples trained on,
         epochs counted, memory examples included.
@@ -367,8 +365,13 @@ class Trainer:
             key, epoch_key = jax.random.split(key)
             train_net, loss = self.epoch(train_net, data, epoch_key, num_seen, memory, distill,
                                          lr, schedule.weight_decay)
+            loss = float(loss)  # waits for the epoch: one number per epoch, to stop a divergence
+            if not np.isfinite(loss):
+                raise DivergenceError(f"training diverged: the loss is {loss} after epoch "
+                                      f"{epoch + 1}/{schedule.epochs} at learning rate {lr:g}; "
+                                      f"lower the learning rate")
             if progress is not None:
-                progress(epoch, float(loss))
+                progress(epoch, loss)
         size = int(data.size)
         per_epoch = size
         if memory is not None:

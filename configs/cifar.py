@@ -82,10 +82,10 @@ def get_config(arg: str | None = None):
     config.train.augment.update({"crop_padding": 4, "flip": "on", "brightness": 63 / 255})
     config.memory.exemplars = 2000
     config.strategies = ("finetune", "replay", "icarl")
-    config.finetune = ConfigDict({"train": LATER_TASKS["finetune"]})
-    config.replay = ConfigDict({"selection": "herding", "class_balanced": True,
-                                "train": LATER_TASKS["replay"]})
-    config.icarl = ConfigDict({"temperature": 2.0, "train": LATER_TASKS["icarl"]})
+    config.replay.update({"selection": "herding", "class_balanced": True})
+    config.icarl.temperature = 2.0
+    for name, recipe in LATER_TASKS.items():
+        config[name].train = recipe
     config.seeds = (0,)  # PyCIL reports one run (seed 1993 for the order, torch seed 1)
     config.eval_batch_size = 500
     if benchmark == "cifar10_jpeg_cpu":

@@ -23,7 +23,6 @@ values converge within 20 on this stream: 100 and 300 gave the same accuracy); `
 smoothing 0.1, keys by EMA with decay 0.95 over 10 epochs; all of these are the strategy defaults).
 """
 
-from baselines.dkvb import DKVB
 from configs.common import SMOKE_SEEDS, base_config, check_arg
 
 
@@ -32,7 +31,6 @@ def get_config(arg: str | None = None):
     config = base_config("fashion_mnist", initial=0, increment=2)
     config.stream.class_order = tuple(range(10))
     config.strategies = ("dkvb",)
-    config.dkvb = DKVB.default_config()  # every field, so --config.dkvb.<field>=... works
     config.dkvb.encoder.name = "identity"
     config.dkvb.key_init.source = "base_task"
     if arg == "paper":

@@ -13,7 +13,6 @@ Pullover, Dress; then (Coat, Sandal), (Shirt, Sneaker), (Bag, Ankle boot). Seeds
 benchmarks/ncm_fmnist.py runs the full comparison.
 """
 
-from baselines.ncm import NCM
 from configs.common import base_config, check_arg
 
 ENCODER = "workdir/encoders/fmnist_b4_cnn"
@@ -24,7 +23,6 @@ def get_config(arg: str | None = None):
     config = base_config("fashion_mnist", initial=4, increment=2)
     config.stream.class_order = tuple(range(10))
     config.strategies = ("ncm",)
-    config.ncm = NCM.default_config()  # every field, so --config.ncm.<field>=... works
     config.ncm.encoder.checkpoint = ENCODER
     if arg == "plain":
         config.ncm.update({"subspaces": 1, "anchors": 1, "train_views": 1, "test_views": 1})

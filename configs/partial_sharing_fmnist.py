@@ -24,7 +24,7 @@ def get_config(arg: str | None = None):
     config.model = ConfigDict({"name": "cnn", "channels": (32, 64)})
     config.train.update({"optimizer": "adam", "learning_rate": 1e-3, "epochs": 2})
     config.strategies = ("partial_sharing", "finetune")
-    config.partial_sharing = ConfigDict({"shared_stages": 1})
+    config.partial_sharing.shared_stages = 1
     if arg == "smoke":
         config.seeds = SMOKE_SEEDS
         config.train.epochs = 1

@@ -7,16 +7,12 @@ Split-Digits B4-Inc2 (class order from seed 1993, as configs/digits.py): the enc
 20 epochs (about 550 images, so seconds).
 """
 
-from configs.common import base_config, check_arg
-from cil.pretrain import default_pretrain
+from configs.common import check_arg, pretrain_config
 
 
 def get_config(arg: str | None = None):
     check_arg(arg, ("",))
-    config = base_config("digits", initial=4, increment=2)
+    config = pretrain_config("digits", initial=4, increment=2)
     config.model = {"name": "cnn", "channels": (16, 32)}
     config.train.update({"optimizer": "adam", "learning_rate": 3e-3, "batch_size": 32, "epochs": 20})
-    for key in ("memory", "strategies", "seeds", "eval_batch_size", "checkpoint"):
-        del config[key]  # a pretraining run evaluates no strategy
-    config.pretrain = default_pretrain()
     return config

@@ -11,20 +11,16 @@ the shared 2-core CPU, where training is the one slow step). It is saved to --wo
 configs/ncm_fmnist.py names.
 """
 
-from configs.common import base_config, check_arg
-from cil.pretrain import default_pretrain
+from configs.common import check_arg, pretrain_config
 
 BASE_CLASSES, INCREMENT = 4, 2
 
 
 def get_config(arg: str | None = None):
     arg = check_arg(arg, ("", "smoke"))
-    config = base_config("fashion_mnist", initial=BASE_CLASSES, increment=INCREMENT)
+    config = pretrain_config("fashion_mnist", initial=BASE_CLASSES, increment=INCREMENT)
     config.stream.class_order = tuple(range(10))
     config.model = {"name": "cnn", "channels": (32, 64)}
     config.train.update({"optimizer": "adam", "learning_rate": 1e-3, "batch_size": 128,
                          "epochs": 1 if arg == "smoke" else 2})
-    for key in ("memory", "strategies", "seeds", "eval_batch_size", "checkpoint"):
-        del config[key]  # a pretraining run evaluates no strategy
-    config.pretrain = default_pretrain()
     return config

@@ -120,9 +120,10 @@ def test_brightness_scales_each_image_by_one_factor_within_the_range():
 
 def test_training_augmentation_is_off_by_default_and_checked():
     assert augment.resolve_training(augment.training_config()) is None
-    with pytest.raises(ConfigError, match="train.augment.flip='auto'"):
+    with pytest.raises(ConfigError, match="train.augment.flip='auto' is not allowed"):
         training(flip="auto")
-    with pytest.raises(ConfigError, match=r"brightness=1.5 must lie in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"brightness=1.5 is not allowed: set --config.train."
+                                          r"augment.brightness to a number >= 0 and < 1"):
         training(brightness=1.5)
-    with pytest.raises(ConfigError, match="crop_padding=-1 is negative"):
+    with pytest.raises(ConfigError, match="crop_padding=-1 is not allowed"):
         training(crop_padding=-1)

@@ -26,16 +26,17 @@ def test_smoke_run_prints_progress_and_a_table(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--config.dataset.name=digitz"], "unknown dataset 'digitz'"),
-    (["--config.strategies=('finetune','replai')"], "unknown strategy 'replai'"),
+    (["--config.strategies=('finetune','replai')"], "'replai' is not one of 'dkvb', 'finetune'"),
     (["--config.stream.class_order=(0,1,2)"], "not a permutation"),
     (["--config.stream.increment=3"], "does not fit 10 classes"),
     (["--config.trian.epochs=2"], "unknown config key 'trian'"),
     (["--config.train.epochz=2"], "unknown config key 'epochz'"),
-    (["--config.model.name=mpl"], "unknown model 'mpl'"),
+    (["--config.model.name=mpl"], "model.name='mpl' is not allowed"),
     (["--config.train.batch_size=33"], "multiple of the 2 devices"),
-    (["--config.train.schedule=step"], "unknown train.schedule 'step'"),
+    (["--config.train.schedule=step"], "train.schedule='step' is not allowed"),
     (["--config.train.first_task.epochs=0"], "train.first_task.epochs=0"),
-    (["--config.train.augment.flip=auto"], "train.augment.flip='auto'; choose 'on' or 'off'"),
+    (["--config.train.augment.flip=auto"],
+     "train.augment.flip='auto' is not allowed: set --config.train.augment.flip to one of 'on', 'off'"),
 ])
 def test_mistakes_give_one_line_and_no_results(tmp_path, args, message):
     result = run_cli("--config=configs/digits.py:smoke", *args, f"--workdir={tmp_path}")

@@ -10,6 +10,7 @@ import pytest
 from cil import encoders, models
 from cil.data import augment
 from cil.errors import ConfigError, DataError
+from cil.fields import defaults
 from cil.strategy import pytree_bytes
 
 SHAPE = (8, 8, 1)
@@ -80,7 +81,7 @@ def test_missing_or_mismatched_checkpoints_are_one_line_errors(saved, tmp_path):
 
 def test_encoder_from_config(saved):
     _, directory = saved
-    cfg = encoders.encoder_config()
+    cfg = defaults(encoders.ENCODER_FIELDS)
     with pytest.raises(ConfigError, match="checkpoint is not set"):
         encoders.encoder_from_config(cfg, SHAPE)
     cfg.checkpoint = str(directory)
@@ -91,7 +92,7 @@ def test_encoder_from_config(saved):
     np.testing.assert_allclose(np.asarray(identity.features(x)), x.reshape(3, -1) / 255.0, atol=1e-7)
     assert identity.num_bytes == 0 and identity.feature_dim == 64
     cfg.name = "resnet"
-    with pytest.raises(ConfigError, match="unknown encoder.name"):
+    with pytest.raises(ConfigError, match="encoder.name='resnet' is not allowed"):
         encoders.encoder_from_config(cfg, SHAPE)
 
 

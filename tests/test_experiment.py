@@ -79,10 +79,10 @@ def test_config_snapshot_and_record_fields(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda c: setattr(c, "strategies", ("nope",)), "unknown strategy 'nope'"),
+    (lambda c: setattr(c, "strategies", ("nope",)), "'nope' is not one of 'dkvb'"),
     (lambda c: c.unlock().__setitem__("finetune", {"lr": 1}), "unknown config key"),
     (lambda c: c.unlock().__setitem__("tarin", {}), "unknown config key"),
-    (lambda c: setattr(c, "strategies", ()), "is empty"),
+    (lambda c: setattr(c, "strategies", ()), r"strategies=\(\) is not allowed"),
 ])
 def test_config_errors_before_any_work(tmp_path, mutate, message):
     config = tiny_config()

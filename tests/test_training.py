@@ -280,14 +280,18 @@ def test_cosine_schedule_with_and_without_warmup():
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"schedule": "step"}, "unknown train.schedule 'step'"),
-    ({"schedule": "multistep", "milestones": (50, 30)}, "must be increasing"),
-    ({"epochs": 0}, "train at least 1 epoch"),
-    ({"learning_rate": -0.1}, "must be positive"),
-    ({"schedule": "cosine", "warmup_epochs": 5, "epochs": 5}, "warmup_epochs=5"),
-    ({"first_task": {"epochs": 0}}, "train.first_task.epochs=0"),
-    ({"first_task": {"epoch": 3}}, r"unknown train.first_task field\(s\) epoch"),
-    ({"schedule": "multistep", "gamma": 0.0}, "train.gamma=0.0 must be positive"),
+    ({"schedule": "step"}, "train.schedule='step' is not allowed: set --config.train.schedule to "
+                           "one of 'constant', 'multistep', 'cosine'"),
+    ({"schedule": "multistep", "milestones": (50, 30)}, "its values must increase"),
+    ({"schedule": "multistep", "epochs": 20, "milestones": (10, 20)},
+     r"train.milestones=\(10, 20\) reaches past the last epoch \(train.epochs=20\)"),
+    ({"epochs": 0}, "train.epochs=0 is not allowed: set --config.train.epochs to an integer >= 1"),
+    ({"learning_rate": -0.1}, "train.learning_rate=-0.1 is not allowed: set --config.train."
+                              "learning_rate to a number > 0"),
+    ({"schedule": "cosine", "warmup_epochs": 5, "epochs": 5}, "warmup_epochs=5 must be below"),
+    ({"first_task": {"epochs": 0}}, "train.first_task.epochs=0 is not allowed"),
+    ({"first_task": {"epoch": 3}}, r"unknown config key\(s\) train.first_task.epoch;"),
+    ({"schedule": "multistep", "gamma": 0.0}, "train.gamma=0.0 is not allowed"),
 ])
 def test_bad_schedules_are_config_errors(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -328,6 +332,6 @@ def test_bfloat16_compute_learns_with_float32_parameters():
     test_labels = np.arange(40) % 4
     logits = np.asarray(trainer.logits(trained, images_of(test_labels, seed=11)))
     assert np.mean(np.argmax(logits, -1) == test_labels) == 1.0
-    with pytest.raises(ConfigError, match="unknown train.compute_dtype 'float16'"):
+    with pytest.raises(ConfigError, match="train.compute_dtype='float16' is not allowed"):
         Trainer(graphdef, ml_collections.ConfigDict({**TRAIN.to_dict(), "compute_dtype": "float16"}),
                 parallel.data_mesh(), capacity=64)

@@ -24,20 +24,34 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cil.errors import ConfigError
+from cil.fields import Field, Flag, Integer, Number, OneOf, check, defaults
 
 # Datasets whose classes change meaning when mirrored (digits, letters, house numbers).
 _NO_FLIP_DATASETS = ("digits", "mnist", "emnist", "kmnist", "svhn", "svhn_cropped", "omniglot")
 _HASH_SEED = 0x5EED  # fixes the pixel hash's random weights; not a tunable
 
 
+# A strategy's test-time views (ncm.augment); the defaults shift by up to 2 pixels.
+VIEW_FIELDS = {
+    "crop_padding": Field(2, Integer(min=0), "zero pixels padded before the crop (0: no shift)"),
+    "flip": Field("auto", OneOf("on", "off", "auto"), "auto: by dataset (flip_makes_sense)"),
+    "include_identity": Field(True, Flag(), "view 0 is the unchanged image"),
+}
+# config.train.augment: what the trainer does to every batch; off by default. PyCIL's CIFAR recipe
+# is crop_padding=4, flip="on", brightness=63/255 (torchvision's RandomCrop(32, padding=4),
+# RandomHorizontalFlip, ColorJitter(brightness=63/255)); the per-channel normalisation that follows
+# it there is the model's input_mean/input_std.
+TRAINING_FIELDS = {
+    "crop_padding": Field(0, Integer(min=0), "zero pixels padded before a random crop (0: none)"),
+    "flip": Field("off", OneOf("on", "off"), "random horizontal flips"),
+    "brightness": Field(0.0, Number(min=0, below=1),
+                        "pixels times a factor from U[1 - b, 1 + b], clipped to 0..255"),
+}
+
+
 def default_config() -> ml_collections.ConfigDict:
     """The augmentation settings a strategy embeds in its own config section."""
-    return ml_collections.ConfigDict({
-        "crop_padding": 2,  # pixels of zero padding before the random crop (0: no shift)
-        "flip": "auto",  # horizontal flips: "on", "off", or "auto" = by dataset (flip_makes_sense)
-        "include_identity": True,  # view 0 is the unchanged image
-    })
+    return defaults(VIEW_FIELDS)
 
 
 def flip_makes_sense(dataset_name: str) -> bool:
@@ -49,26 +63,13 @@ def flip_makes_sense(dataset_name: str) -> bool:
 FLIP_CHOICES = {"on": True, "off": False}
 
 
-def resolve(config: ml_collections.ConfigDict, dataset_name: str) -> ml_collections.FrozenConfigDict:
-    """``config`` with ``flip`` as a bool ("auto": this dataset's choice), checked; hashable."""
-    if config.flip == "auto":
-        flip = flip_makes_sense(dataset_name)
-    elif config.flip in FLIP_CHOICES:
-        flip = FLIP_CHOICES[config.flip]
-    else:
-        raise ConfigError(f"augment.flip='{config.flip}'; choose 'on', 'off' or 'auto' (by dataset)")
-    resolved = ml_collections.FrozenConfigDict({**config.to_dict(), "flip": flip})
-    check(resolved)
-    return resolved
-
-
-def check(config) -> None:
-    """A resolved config (``flip`` a bool) with a padding that makes sense."""
-    if not isinstance(config.flip, bool):
-        raise ConfigError(f"augment.flip={config.flip!r} is not resolved; pass the config "
-                          f"through cil.data.augment.resolve first")
-    if int(config.crop_padding) < 0:
-        raise ConfigError(f"augment.crop_padding={config.crop_padding} is negative; use 0 or more")
+def resolve(config: ml_collections.ConfigDict, dataset_name: str,
+            path: str = "augment") -> ml_collections.FrozenConfigDict:
+    """``config`` (``VIEW_FIELDS``, checked) with ``flip`` as a bool ("auto": this dataset's
+    choice); hashable."""
+    check(config, VIEW_FIELDS, path)
+    flip = flip_makes_sense(dataset_name) if config.flip == "auto" else FLIP_CHOICES[config.flip]
+    return ml_collections.FrozenConfigDict({**config.to_dict(), "flip": flip})
 
 
 def image_hashes(images):
@@ -108,33 +109,18 @@ def random_views(images, keys, crop_padding: int, flip: bool):
 
 
 def training_config() -> ml_collections.ConfigDict:
-    """``config.train.augment``: what the trainer does to every batch; off by default.
-
-    PyCIL's CIFAR recipe is crop_padding=4, flip="on", brightness=63/255 (torchvision's
-    RandomCrop(32, padding=4), RandomHorizontalFlip, ColorJitter(brightness=63/255)); the
-    per-channel normalisation that follows it there is the model's ``input_mean``/``input_std``.
-    """
-    return ml_collections.ConfigDict({
-        "crop_padding": 0,  # zero pixels padded on each side before a random crop (0: none)
-        "flip": "off",  # random horizontal flips: "on" or "off"
-        "brightness": 0.0,  # pixels times a factor drawn from U[1 - b, 1 + b], clipped to 0..255
-    })
+    """``config.train.augment`` with its defaults (off)."""
+    return defaults(TRAINING_FIELDS)
 
 
-def resolve_training(config) -> ml_collections.FrozenConfigDict | None:
+def resolve_training(config, path: str = "train.augment") -> ml_collections.FrozenConfigDict | None:
     """``config.train.augment`` checked and hashable (a static jit argument); None when it is off."""
     if config is None:
         return None
-    if config.flip not in FLIP_CHOICES:
-        raise ConfigError(f"train.augment.flip='{config.flip}'; choose 'on' or 'off'")
-    brightness = float(config.brightness)
-    if not 0.0 <= brightness < 1.0:
-        raise ConfigError(f"train.augment.brightness={config.brightness} must lie in [0, 1); "
-                          f"PyCIL's CIFAR value is 63/255")
+    check(config, TRAINING_FIELDS, path)
     resolved = ml_collections.FrozenConfigDict(
         {"crop_padding": int(config.crop_padding), "flip": FLIP_CHOICES[config.flip],
-         "brightness": brightness})
-    check(resolved)
+         "brightness": float(config.brightness)})
     if not (resolved.crop_padding or resolved.flip or resolved.brightness):
         return None
     return resolved

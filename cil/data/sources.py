@@ -52,7 +52,9 @@ from concurrent.futures import ThreadPoolExecutor
 import ml_collections
 import numpy as np
 
+from cil import npz_cache
 from cil.errors import ConfigError, DataError
+from cil.fields import Field, Flag, Optional, Text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,14 @@ class Dataset:
 
 
 SPLITS = ("train", "test")
+
+# config.dataset; ``load`` checks that the name is a source it knows.
+FIELDS = {
+    "name": Field("digits", Text(), "digits, fashion_mnist, folder, cifar10/100, tfds:<name>"),
+    "data_dir": Field(None, Optional(Text()), "TFDS data_dir / cache (default ~/.cache/cil)"),
+    "download": Field(False, Flag(), "let TFDS download (never possible offline)"),
+    "path": Field(None, Optional(Text()), "a local folder or archive (images, IDX, CIFAR)"),
+}
 
 # The digits split: 25 % of each class held out for testing, drawn with this fixed seed.
 DIGITS_TEST_FRACTION = 0.25
@@ -347,8 +357,8 @@ def cached(config, label: str, source: pathlib.Path, build, name: str | None = N
     ``key`` is a hash of the name, size and time of change of every file under ``source`` (the
     cache's own folder left out, should it lie inside): a changed file gives a new key, so a stale
     cache is never read. It is taken again after ``build``, which may have prepared the files
-    (TFDS's download). The file is written whole, then renamed: a crash leaves no half-written
-    cache.
+    (TFDS's download). cil/npz_cache.py writes it whole, then renames it; a damaged cache is
+    reported and built again.
     """
     root = cache_root(config)
 
@@ -357,22 +367,16 @@ def cached(config, label: str, source: pathlib.Path, build, name: str | None = N
         digest = hashlib.sha256(json.dumps([label, files]).encode()).hexdigest()[:16]
         return root / f"{label.replace('/', '_').replace(':', '_')}-{digest}.npz"
 
-    cache = path()
-    if cache.is_file():
-        with np.load(cache) as arrays:
-            return Dataset(name or config.name, *(arrays[f"{s}_{k}"] for s in SPLITS
-                                                  for k in ("images", "labels")),
-                           tuple(str(c) for c in arrays["class_names"]))
+    found = npz_cache.read(path(), lambda arrays: Dataset(
+        name or config.name, *(arrays[f"{s}_{k}"] for s in SPLITS for k in ("images", "labels")),
+        tuple(str(c) for c in arrays["class_names"])))
+    if found is not None:
+        return found
     dataset = build()
     validate(dataset)  # never cache a dataset that cannot be used
-    cache = path()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(f".{os.getpid()}.partial")
-    with open(partial, "wb") as f:
-        np.savez(f, class_names=np.array(dataset.class_names),
-                 **{f"{s}_{k}": getattr(dataset, f"{s}_{k}") for s in SPLITS
-                    for k in ("images", "labels")})
-    os.replace(partial, cache)
+    npz_cache.write(path(), class_names=np.array(dataset.class_names),
+                    **{f"{s}_{k}": getattr(dataset, f"{s}_{k}") for s in SPLITS
+                       for k in ("images", "labels")})
     return dataset
 
 

@@ -16,12 +16,23 @@ for byte (the order is NumPy's ``RandomState(class_order_seed).permutation``, as
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Sequence as SequenceType
 
 import numpy as np
 
 from cil.data.sources import Dataset
 from cil.errors import ConfigError
+from cil.fields import Field, Integer, Optional, Sequence
+
+
+# config.stream; whether a split fits the dataset is checked when the data is known.
+FIELDS = {
+    "initial": Field(0, Integer(min=0), "B{m}: classes in task 0 (0 means increment)"),
+    "increment": Field(2, Integer(min=1), "Inc{n}: classes in every later task"),
+    "class_order_seed": Field(1993, Integer(min=0, max=2**32 - 1), "as in iCaRL and PyCIL"),
+    "class_order": Field(None, Optional(Sequence(Integer(min=0), min_length=1, distinct=True)),
+                         "an explicit permutation of the classes instead"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +106,7 @@ class Stream:
 
 
 def class_order(num_classes: int, seed: int | None = 1993,
-                explicit: Sequence[int] | None = None) -> tuple[int, ...]:
+                explicit: SequenceType[int] | None = None) -> tuple[int, ...]:
     """The permutation of classes: ``explicit`` if given, else drawn from ``seed``."""
     if explicit is not None:
         order = tuple(int(c) for c in explicit)
@@ -122,7 +133,7 @@ def split_tasks(num_classes: int, initial: int, increment: int) -> tuple[TaskSpa
 
 def make_stream(dataset: Dataset, initial: int, increment: int,
                 class_order_seed: int | None = 1993,
-                explicit_order: Sequence[int] | None = None) -> Stream:
+                explicit_order: SequenceType[int] | None = None) -> Stream:
     order = class_order(dataset.num_classes, class_order_seed, explicit_order)
     tasks = split_tasks(dataset.num_classes, initial, increment)
     to_stream = np.empty(dataset.num_classes, np.int32)

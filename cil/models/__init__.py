@@ -16,6 +16,8 @@ import ml_collections
 from flax import nnx
 
 from cil.errors import ConfigError
+from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence
+from cil.fields import bad_value, check as check_fields
 from cil.models.networks import (Network, cnn, mlp, pytorch_init, resnet18, resnet32,
                                  small_cnn)
 
@@ -23,38 +25,58 @@ _BUILDERS = {"mlp": mlp, "cnn": cnn, "small_cnn": small_cnn, "resnet32": resnet3
              "resnet18": resnet18}
 
 
-def check_name(name: str) -> None:
+# Options every network takes, beside its own (OPTION_FIELDS).
+COMMON_FIELDS = {
+    "name": Field("mlp", OneOf(*_BUILDERS)),
+    # flax: Flax's defaults (LeCun normal weights, zero biases); pytorch: U(-1/sqrt(fan_in),
+    # 1/sqrt(fan_in)) for weights and biases, PyTorch's default
+    "init": Field("flax", OneOf("flax", "pytorch")),
+    # per-channel pixel statistics in [0, 1] to standardise inputs with; set both or neither
+    "input_mean": Field(None, Optional(Sequence(Number(min=0, max=1), min_length=1))),
+    "input_std": Field(None, Optional(Sequence(Number(above=0), min_length=1))),
+}
+OPTION_FIELDS = {
+    "mlp": {"hidden": Field((400, 400), Sequence(Integer(min=1)), "hidden layer widths")},
+    "cnn": {"channels": Field((32, 64), Sequence(Integer(min=1), min_length=1),
+                              "channels of each conv-conv-pool stage")},
+    "small_cnn": {}, "resnet32": {}, "resnet18": {},
+}
+
+
+def fields(name: str):
+    """The fields of ``config.model`` for the network ``name``."""
+    return {**COMMON_FIELDS, **OPTION_FIELDS[name]}
+
+
+def check(config: ml_collections.ConfigDict, image_shape=None, path: str = "model") -> None:
+    """``config.model`` against the fields of its network (and the images' channels if known)."""
+    name = config.get("name")
     if name not in _BUILDERS:
-        raise ConfigError(f"unknown model '{name}'; choose one of: {', '.join(_BUILDERS)}")
-
-
-# Options every network takes, beside its own (hidden sizes, channels, ...):
-#   input_mean, input_std: per-channel pixel statistics in [0, 1] to standardise inputs with
-#   init: "flax" (Flax's defaults: LeCun normal weights, zero biases) or "pytorch"
-#         (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, PyTorch's default)
-COMMON_OPTIONS = ("input_mean", "input_std", "init")
+        raise ConfigError(bad_value(f"{path}.name", name, COMMON_FIELDS["name"]))
+    check_fields(config, fields(name), path, partial=True)
+    mean, std = config.get("input_mean"), config.get("input_std")
+    if (mean is None) != (std is None):
+        raise ConfigError(f"{path}.input_mean and {path}.input_std must be set together (one "
+                          f"value per image channel), or both left unset")
+    if mean is not None and len(mean) != len(std):
+        raise ConfigError(f"{path}.input_mean has {len(mean)} values but {path}.input_std has "
+                          f"{len(std)}; give one of each per image channel")
+    if mean is not None and image_shape is not None and len(mean) != image_shape[-1]:
+        raise ConfigError(f"{path}.input_mean has {len(mean)} values but the images have "
+                          f"{image_shape[-1]} channel(s); give one per channel")
 
 
 def build(config: ml_collections.ConfigDict, image_shape, num_classes: int, seed) -> Network:
     """The network ``config.name`` with ``config``'s other fields as options; ``seed``: int or key."""
-    check_name(config.name)
-    builder = _BUILDERS[config.name]
-    options = {k: v for k, v in config.items() if k not in ("name", *COMMON_OPTIONS)}
-    try:
-        model = builder(tuple(image_shape), num_classes, rngs=nnx.Rngs(seed), **options)
-    except TypeError as e:  # an option the builder does not take
-        raise ConfigError(f"model '{config.name}': {e}") from None
+    check(config, image_shape)
+    options = {k: config.get(k, f.default) for k, f in OPTION_FIELDS[config.name].items()}
+    model = _BUILDERS[config.name](tuple(image_shape), num_classes, rngs=nnx.Rngs(seed), **options)
     mean, std = config.get("input_mean"), config.get("input_std")
-    if (mean is None) != (std is None):
-        raise ConfigError("model.input_mean and model.input_std must be set together")
     if mean is not None:
         model.input_mean, model.input_std = tuple(mean), tuple(std)
-    init = config.get("init") or "flax"
-    if init == "pytorch":
+    if (config.get("init") or "flax") == "pytorch":
         key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
         pytorch_init(model, jax.random.fold_in(key, 1))
-    elif init != "flax":
-        raise ConfigError(f"unknown model.init '{init}'; choose flax or pytorch")
     return model
 
 

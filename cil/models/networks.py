@@ -76,7 +76,7 @@ class Dense(nnx.Module):
         return jax.nn.relu(self.linear(x.reshape(x.shape[0], -1)))
 
 
-def mlp(image_shape, num_classes, *, hidden=(400, 400), rngs):
+def mlp(image_shape, num_classes, *, hidden, rngs):
     sizes = [math.prod(image_shape), *hidden]
     stages = [Dense(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])]
     return Network(stages, sizes[-1], num_classes, rngs=rngs)
@@ -101,7 +101,7 @@ class GlobalPool(nnx.Module):
         return x.mean(axis=(1, 2))
 
 
-def cnn(image_shape, num_classes, *, channels=(32, 64), rngs):
+def cnn(image_shape, num_classes, *, channels, rngs):
     """Conv-pool blocks then global mean pooling: a small CNN that trains in seconds on a CPU."""
     cins = [image_shape[-1], *channels]
     stages = [ConvBlock(a, b, pool=True, rngs=rngs) for a, b in zip(cins, cins[1:])]

@@ -101,7 +101,9 @@ FLAG_CASES = [
     ("negative seed", ["--config.seeds=(-1,)"]),
     ("repeated seed", ["--config.seeds=(0,0)"]),
     ("seed as a float", ["--config.seeds=(0.5,)"]),
-    ("diverging learning rate", ["--config.train.learning_rate=1e6"]),
+    ("learning rate so large that the loss becomes NaN", ["--config.train.learning_rate=1e15"]),
+    ("learning rate so large the ReLUs die (finite: one class predicted)",
+     ["--config.train.learning_rate=1e6"]),
     ("momentum 1.5", ["--config.train.momentum=1.5"]),
     ("negative momentum", ["--config.train.momentum=-0.5"]),
     ("unknown optimizer", ["--config.train.optimizer=sgdd"]),
@@ -171,8 +173,8 @@ PREPARED_CASES = [
 
 
 def main() -> None:
-    print("| mistake | flags | status | stderr (first line, or the last of a traceback) | "
-          "summaries written |")
+    print("| mistake | flags | status | stderr's first line (a traceback's last; status 0: the "
+          "warnings on stdout) | summaries written |")
     print("|---|---|---|---|---|")
     cases = [(what, lambda w, f=flags: f) for what, flags in FLAG_CASES] + PREPARED_CASES
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,8 +184,9 @@ def main() -> None:
             summaries_before = summary_count(workdir)
             result = run(flags, workdir)
             lines = result.stderr.strip().splitlines()
+            warnings = [line for line in result.stdout.splitlines() if "warning:" in line]
             first = ("TRACEBACK: " + lines[-1]) if "Traceback" in result.stderr else (
-                lines[0] if lines else "")
+                lines[0] if lines else "; ".join(warnings))
             written = summary_count(workdir) - summaries_before
             shown = " ".join(flags).replace(tmp, "$TMP")
             print(f"| {what} | `{shown}` | {result.returncode} | {first.replace(tmp, '$TMP')} | "

@@ -40,6 +40,7 @@ import ml_collections
 
 from cil import experiment
 from cil.errors import ConfigError, RunError
+from cil.fields import check
 from cil.strategy import available_strategies
 
 SWEEP_KEYS = ("budget_bytes", "unbudgeted", "fields")
@@ -129,12 +130,18 @@ def applies_to(path: str, strategy: str) -> bool:
     return head == strategy or head not in available_strategies()
 
 
+GRID_AXES = ("strategies", "seeds")
+
+
 def expand(config: ml_collections.ConfigDict) -> list[Point]:
     """Every run of the grid, without repeats, in a fixed order: fields, budget, strategy, seed.
 
     Seeds vary fastest, so round-robin shards get the seeds of one cell on different machines.
     """
     declared = grid(config)
+    # What the grid is built from must hold runs: an empty list would run nothing, silently.
+    rules = experiment.fields()
+    check({k: config[k] for k in GRID_AXES}, {k: rules[k] for k in GRID_AXES}, "")
     paths = [path for path, _ in declared.fields]
     points: dict[Point, None] = {}
     for values in itertools.product(*(values for _, values in declared.fields)):

@@ -35,6 +35,11 @@ def test_smoke_run_prints_progress_and_a_table(tmp_path):
     (["--config.train.batch_size=33"], "multiple of the 2 devices"),
     (["--config.train.schedule=step"], "train.schedule='step' is not allowed"),
     (["--config.train.first_task.epochs=0"], "train.first_task.epochs=0"),
+    (["--config.seeds=()"], "seeds=() is not allowed"),
+    (["--config.strategies=()"], "strategies=() is not allowed"),
+    (["--config.train.learning_rate=1e15"],
+     "[finetune seed 0] task 1/5: training diverged: the loss is nan after epoch 1/1 at learning "
+     "rate 1e+15"),
     (["--config.train.augment.flip=auto"],
      "train.augment.flip='auto' is not allowed: set --config.train.augment.flip to one of 'on', 'off'"),
 ])
@@ -52,3 +57,12 @@ def test_unknown_config_argument_and_missing_file(tmp_path):
         result = run_cli(f"--config={config}", f"--workdir={tmp_path}")
         assert result.returncode == 2 and message in result.stderr
         assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+    a_file = tmp_path / "results"
+    a_file.write_text("a file")
+    result = run_cli("--config=configs/digits.py:smoke", f"--workdir={a_file}")
+    assert result.returncode == 2
+    assert result.stderr == (f"error: --workdir={a_file} is a file, not a folder; choose another "
+                             f"--workdir\n")

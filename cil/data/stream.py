@@ -112,7 +112,7 @@ def class_order(num_classes: int, seed: int | None = 1993,
         order = tuple(int(c) for c in explicit)
         if sorted(order) != list(range(num_classes)):
             raise ConfigError(
-                f"class_order {list(order)} is not a permutation of 0..{num_classes - 1}; "
+                f"stream.class_order={order} is not a permutation of 0..{num_classes - 1}; "
                 f"list every class exactly once, or set it to None to draw one from the seed")
         return order
     # NumPy's legacy RandomState, as PyCIL does (np.random.seed(1993); np.random.permutation(C)),

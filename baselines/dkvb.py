@@ -160,7 +160,8 @@ class DKVB(Strategy):
                 "batch_size": Field(256, Integer(min=1)),
                 "decay": Field(0.95, Number(min=0, below=1), "EMA decay of the keys"),
                 "dead_key_fraction": Field(0.1, Number(min=0, max=1)),
-                "cache_dir": Field("~/.cache/cil/dkvb_keys", Text(), "'': no cache"),
+                "cache_dir": Field("~/.cache/cil/dkvb_keys", Optional(Text()),
+                                   "'' or None: no cache"),
             },
             "learning_rate": Field(0.3, Number(above=0), "plain SGD, as the paper (0.001 for its "
                                    "probe and MLP)"),

@@ -30,7 +30,7 @@ from baselines.replay import Replay
 from cil import parallel
 from cil.fields import Field, Integer, Number, OneOf
 from cil.strategy import Learned, StreamSpec
-from cil.training import Distillation
+from cil.training import Distillation, Objective
 
 CLASSIFIERS = ("nme", "logits")
 
@@ -96,12 +96,12 @@ class ICaRL(Replay):
         labels = np.concatenate([task.labels, buffer.labels[:kept].astype(np.int32)])
         data = trainer.put(images, labels)
         num_old = task.classes[0]
-        distill = None
+        objective = None
         if num_old:
-            distill = Distillation(state["net"], jnp.int32(num_old),
-                                   temperature=self.config.strategy.temperature)
+            objective = Objective(distill=Distillation(
+                state["net"], num_old, temperature=self.config.strategy.temperature))
         net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
-                                   trainer.schedule(task.index), distill=distill)
+                                   trainer.schedule(task.index), objective=objective)
         task_data = data._replace(size=jnp.int32(len(task.images)))
         buffer = self.update_memory(state["buffer"], net, task_data, memory_key)
         means = class_means(trainer.features(net, buffer.images), buffer.labels, buffer.size,

@@ -144,6 +144,7 @@ def extract_features(encoder: Encoder, images, key, views: int, augment_config,
     (encoder, views, augmentation), whatever N. ``augment_config`` must be resolved
     (``augment.resolve``); view v of an image depends only on ``key``, v and its pixels.
     """
+    augment.check_resolved(augment_config)
     images = np.asarray(images)
     if tuple(images.shape[1:]) != encoder.image_shape:
         encoder.check_image_shape(images.shape[1:], "the data")

@@ -25,7 +25,7 @@ import numpy as np
 
 from cil import evaluation, models, parallel, training
 from cil.data import sources, stream as streams
-from cil.errors import ConfigError, DivergenceError
+from cil.errors import ConfigError, DivergenceError, RunError
 from cil.fields import Field, Flag, Integer, OneOf, Sequence, check
 from cil.results import ResultsWriter, stable_hash, writing
 from cil.strategy import (MEMORY_FIELDS, Budget, StreamSpec, available_strategies, load_strategy,
@@ -113,8 +113,14 @@ def device_description() -> dict:
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str,
                    progress: Callable[[str], None] = print,
-                   runs: list[tuple[str, int]] | None = None) -> list[dict]:
-    """Every (strategy, seed) of ``config``, or only the pairs in ``runs`` (one shard of a grid)."""
+                   runs: list[tuple[str, int]] | None = None,
+                   failures: list[str] | None = None) -> list[dict]:
+    """Every (strategy, seed) of ``config``, or only the pairs in ``runs`` (one shard of a grid).
+
+    A run that fails (``RunError``: over budget, diverged) writes no summary and the others still
+    run; then a RunError names every failed run, or, when ``failures`` is given, their messages
+    are appended to it and the summaries of the others returned.
+    """
     validate_config(config)
     stream = build_stream(config)
     spec = stream_spec(stream, config.memory)
@@ -125,7 +131,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
              f"{stream.num_classes} classes, {len(stream.train_labels)} train / "
              f"{len(stream.test_labels)} test images {stream.image_shape}; "
              f"{len(jax.devices())} {jax.devices()[0].platform} device(s)")
-    summaries = []
+    summaries, failed = [], []
     for name in config.strategies:
         seeds = [s for s in config.seeds if runs is None or (name, s) in runs]
         if not seeds:
@@ -140,9 +146,25 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
             header = {"run_id": run_id, "config_hash": config_hash, "strategy": name,
                       "seed": seed, **identity}
             run = RunLoop(strategy, stream, spec, config, header, writer, Path(workdir), progress)
-            summary = run.run(settings)
-            summaries.append(summary)
+            try:
+                summaries.append(run.run(settings))
+            except RunError as error:
+                failed.append(error)
+                progress(f"[{name} seed {seed}] failed: {error}")
+    if failures is not None:
+        failures.extend(str(error) for error in failed)
+    elif len(failed) == 1:
+        raise failed[0]
+    elif failed:
+        raise RunError(f"{len(failed)} runs failed (the others finished): "
+                       f"{'; '.join(map(str, failed))}")
     return summaries
+
+
+# What unpickling a cut or overwritten file raises (a truncated pickle: UnpicklingError or
+# EOFError; random bytes: any of the others).
+DAMAGED_PICKLE = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
+                  AttributeError, OverflowError)
 
 
 class RunLoop:
@@ -243,7 +265,8 @@ class RunLoop:
 
     def _load_checkpoint(self):
         """The latest good checkpoint: the newest, else the one before it (a damaged file is
-        reported and moved aside), else None (the run starts from task 0)."""
+        reported and moved aside), else None (the run starts from task 0). A crash between the
+        two renames of ``_save_checkpoint`` leaves only the one before: the run redoes a task."""
         for path in (self.checkpoint_path, self.previous_path):
             if not path.exists():
                 continue
@@ -253,9 +276,10 @@ class RunLoop:
                 if not {"progress", "state"} <= set(saved):
                     raise ValueError("it lacks the progress or the state")
                 return saved
-            except Exception as error:  # a damaged pickle raises any of several types
-                aside = path.with_name(path.name + ".damaged")
-                os.replace(path, aside)
+            except DAMAGED_PICKLE as error:  # not ImportError: a missing module is no damage
+                aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+                with writing(aside):
+                    os.replace(path, aside)
                 self.progress(f"warning: {self.tag} checkpoint {path} is damaged "
                               f"({type(error).__name__}: {error}); moved to {aside}")
         return None
@@ -285,5 +309,5 @@ def check_finite(state, where: str) -> None:
     if not finite.all():
         path = jax.tree_util.keystr(leaves[int(np.argmin(finite))][0])
         raise DivergenceError(f"{where}: the state's {path} holds NaN or infinite values "
-                              f"(training diverged); lower the learning rate. No summary is "
+                              f"(training diverged, or the data holds them); no summary is "
                               f"written")

@@ -11,12 +11,13 @@
 
 A bad value gives one message naming the field, the value, what is allowed and the fix:
 
-    train.learning_rate=-0.1 is not allowed: it must be a number > 0; set
-    --config.train.learning_rate to such a value (default 0.01)
+    train.learning_rate=-0.1 is not allowed: set --config.train.learning_rate to a number > 0
+    (default 0.01)
 
 Each module declares the fields it reads beside the code that reads them (``training.FIELDS``,
-``augment.TRAINING_FIELDS``, a strategy's ``fields()``, ...); cil/experiment.py checks a whole
-config against them before any work, then checks what no single field can (``CONSISTENCY``).
+``augment.TRAINING_FIELDS``, ``models.fields(name)``, a strategy's ``fields()``, ...);
+cil/experiment.py checks a whole config against them before any work (``validate_config``), then
+what no single field can (fields that must fit together, in the module that reads them).
 """
 
 from __future__ import annotations

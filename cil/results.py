@@ -14,7 +14,8 @@ an interrupted attempt that was later redone can be told apart.
 Damage: a line that is not a JSON record (cut short by a crash, or edited by hand) is reported with
 its file and line number and skipped by every reader. ``ResultsWriter`` also moves it out of
 ``results.jsonl`` into ``results.damaged.jsonl`` (its text, line number and when it was found), so
-nothing is lost and later runs read a clean file. Writing in a workdir that is a file, read-only or
+nothing is lost and later runs read a clean file. Appends and that rewrite hold an exclusive lock
+on ``results.lock`` (flock), so a run appending from another process never loses a line. Writing in a workdir that is a file, read-only or
 full raises ``WorkdirError``, one line naming the path and the cause.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +36,7 @@ from cil.errors import WorkdirError
 
 RESULTS_FILE = "results.jsonl"
 DAMAGED_FILE = "results.damaged.jsonl"
+LOCK_FILE = "results.lock"
 
 
 @contextlib.contextmanager
@@ -69,7 +72,7 @@ def stable_hash(value, length: int = 12) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with writing(path):
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -81,13 +84,27 @@ class ResultsWriter:
         self.path = self.workdir / RESULTS_FILE
         self._set_damage_aside(report)
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive use of results.jsonl among processes (a separate lock file: the rewrite
+        replaces results.jsonl itself)."""
+        with writing(self.workdir / LOCK_FILE), open(self.workdir / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def _set_damage_aside(self, report) -> None:
         """Moves damaged lines of results.jsonl to results.damaged.jsonl (see the docstring)."""
         if not self.path.exists():
             return
-        lines, damaged = parse_lines(self.path)
-        if not damaged:
-            return
+        with self._locked():
+            lines, damaged = parse_lines(self.path)
+            if damaged:
+                self._move_aside(lines, damaged)
+        for number, _, problem in damaged:
+            report(f"warning: {self.path} line {number} is damaged ({problem}); moved to "
+                   f"{self.workdir / DAMAGED_FILE}")
+
+    def _move_aside(self, lines, damaged) -> None:
         found = time.strftime("%Y-%m-%dT%H:%M:%S")
         aside = "".join(json.dumps({"file": RESULTS_FILE, "line": number, "text": text,
                                     "problem": problem, "found": found}) + "\n"
@@ -95,9 +112,6 @@ class ResultsWriter:
         with writing(self.workdir / DAMAGED_FILE), open(self.workdir / DAMAGED_FILE, "a") as f:
             f.write(aside)
         write_atomically(self.path, "".join(text for _, text, _ in lines))
-        for number, _, problem in damaged:
-            report(f"warning: {self.path} line {number} is damaged ({problem}); moved to "
-                   f"{self.workdir / DAMAGED_FILE}")
 
     def snapshot_config(self, config_dict: dict) -> str:
         """Writes the config beside the results; returns its hash (stored in every record)."""
@@ -112,7 +126,7 @@ class ResultsWriter:
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        with writing(self.path):
+        with self._locked(), writing(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, line)
@@ -127,7 +141,11 @@ class ResultsWriter:
 def parse_lines(path: Path) -> tuple[list[tuple[int, str, dict]], list[tuple[int, str, str]]]:
     """(line number, text, record) of each good line; (line number, text, problem) of the others."""
     good, damaged = [], []
-    for number, text in enumerate(path.read_text(errors="replace").splitlines(keepends=True), 1):
+    try:
+        content = path.read_text(errors="replace")
+    except OSError as error:
+        raise WorkdirError(f"cannot read {path}: {error.strerror or error}") from None
+    for number, text in enumerate(content.splitlines(keepends=True), 1):
         if not text.endswith("\n"):
             damaged.append((number, text, "cut short"))
             continue

@@ -141,7 +141,7 @@ def expand(config: ml_collections.ConfigDict) -> list[Point]:
     declared = grid(config)
     # What the grid is built from must hold runs: an empty list would run nothing, silently.
     rules = experiment.fields()
-    check({k: config[k] for k in GRID_AXES}, {k: rules[k] for k in GRID_AXES}, "")
+    check({k: config.get(k) for k in GRID_AXES}, {k: rules[k] for k in GRID_AXES}, "")
     paths = [path for path, _ in declared.fields]
     points: dict[Point, None] = {}
     for values in itertools.product(*(values for _, values in declared.fields)):
@@ -196,9 +196,8 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, shard_index: int =
              num_shards: int = 1, progress: Callable[[str], None] = print) -> list[dict]:
     """Runs one shard of the grid in ``workdir`` (by default all of it); returns new summaries.
 
-    Every cell's config is checked before the first run. A cell whose run fails (over its
-    budget, diverged) fails alone: the other cells still run, then a RunError names every
-    failed cell.
+    Every cell's config is checked before the first run. A run that fails (over its budget,
+    diverged) fails alone: the other runs still go, then a RunError names every failed run.
     """
     points = expand(config)
     mine = shard(points, shard_index, num_shards)
@@ -214,14 +213,13 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, shard_index: int =
     for (overrides, name), seeds in cells.items():
         cell = Point(name, seeds[0], overrides).cell()
         progress(f"cell {cell}: seeds {', '.join(map(str, seeds))}")
-        try:
-            summaries += experiment.run_experiment(configs[overrides], workdir, progress,
-                                                   runs=[(name, seed) for seed in seeds])
-        except RunError as error:
-            failed.append(f"{cell}: {error}")
-            progress(f"cell {cell} failed: {error}")
+        failures: list[str] = []
+        summaries += experiment.run_experiment(configs[overrides], workdir, progress,
+                                               runs=[(name, seed) for seed in seeds],
+                                               failures=failures)
+        failed += [f"{cell}: {message}" for message in failures]
     if failed:
-        raise RunError(f"{len(failed)} grid cell(s) failed (the other cells finished): "
+        raise RunError(f"{len(failed)} run(s) of the grid failed (the other runs finished): "
                        f"{'; '.join(failed)}")
     return summaries
 

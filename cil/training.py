@@ -7,8 +7,10 @@
     # replay: each step also draws a batch from an exemplar buffer, gathered inside the step
     net, examples = trainer.fit(net, data, key, num_seen, schedule,
                                 memory=MemoryBatches(DeviceData(images, labels, size), 128))
-    # distillation from a frozen teacher on its classes (iCaRL, LwF)
-    net, examples = trainer.fit(..., distill=Distillation(old_net, num_old, temperature=2.0))
+    # what each step minimises, beyond cross-entropy over the seen classes (iCaRL, LwF, WA, EWC)
+    net, examples = trainer.fit(..., objective=Objective(
+        distill=Distillation(old_net, num_old, temperature=2.0), first_class=num_old,
+        penalty=ParameterPenalty(anchor_params, fisher, weight=1000.0)))
     scores = trainer.logits(net, images); feats = trainer.features(net, images)
 
 ``net`` is ``{"params", "model_state"}``; ``fit`` starts a fresh optimiser state (``init``) and
@@ -45,7 +47,8 @@ Why it is shaped this way (DESIGN.md, "Speed on CPU"):
   with many calls in flight their all-reduces deadlocked.
 
 The loss is cross-entropy over the classes seen so far (logits of later classes are masked out),
-which is what a growing classifier head computes, plus the distillation term when asked.
+which is what a growing classifier head computes, and what an ``Objective`` adds to it: a weight
+on it, a first class (the new task's head only), distillation, a parameter penalty.
 """
 
 from __future__ import annotations
@@ -264,7 +267,52 @@ class Distillation:
     teacher: dict  # {"params", "model_state"} of the same graphdef
     num_classes: jax.Array  # distil on classes [0, num_classes): those the teacher knew
     temperature: float = dataclasses.field(default=2.0, metadata={"static": True})
-    weight: float = dataclasses.field(default=1.0, metadata={"static": True})
+    weight: float | jax.Array = 1.0  # traced: a weight that changes per task never recompiles
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ParameterPenalty:
+    """Adds ``weight / 2 * sum(importance * (params - anchor) ** 2)`` (EWC's quadratic penalty);
+    ``anchor`` and ``importance`` are pytrees shaped as the network's params."""
+
+    anchor: dict
+    importance: dict
+    weight: float | jax.Array = 1.0
+
+    def __call__(self, params):
+        terms = jax.tree.map(lambda p, a, f: jnp.sum(f * jnp.square(p - a)), params,
+                             self.anchor, self.importance)
+        return 0.5 * self.weight * sum(jax.tree.leaves(terms))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What one task's steps minimise: ``xent_weight`` x cross-entropy over classes
+    [``first_class``, num_seen), plus the distillation and penalty terms when given.
+
+    ``first_class`` > 0 trains the new task's classes among themselves, as LwF and EWC do in
+    PyCIL (``cross_entropy(logits[:, known:], targets - known)``): every label must be at least
+    ``first_class``. Numbers are traced, so their values per task share one compiled step.
+    """
+
+    first_class: int | jax.Array = 0
+    xent_weight: float | jax.Array = 1.0
+    distill: Distillation | None = None
+    penalty: ParameterPenalty | None = None
+
+    def traced(self) -> "Objective":
+        """The same objective with its numbers as int32/float32 arrays (one compile for all)."""
+        distill = self.distill
+        if distill is not None:
+            distill = dataclasses.replace(distill, num_classes=jnp.int32(distill.num_classes),
+                                          weight=jnp.float32(distill.weight))
+        penalty = self.penalty
+        if penalty is not None:
+            penalty = dataclasses.replace(penalty, weight=jnp.float32(penalty.weight))
+        return Objective(jnp.int32(self.first_class), jnp.float32(self.xent_weight), distill,
+                         penalty)
 
 
 def shuffled_order(key, size, capacity: int):
@@ -326,7 +374,7 @@ class Trainer:
         return task_schedule(self.train, task_index)
 
     def epoch(self, net: dict, data: DeviceData, key, num_seen: int,
-              memory: MemoryBatches | None = None, distill: Distillation | None = None,
+              memory: MemoryBatches | None = None, objective: Objective | None = None,
               learning_rate: float | None = None, weight_decay: float | None = None):
         """One pass over ``data`` in random order; returns (net, mean loss). ``net`` is donated.
 
@@ -344,14 +392,14 @@ class Trainer:
         loss_sum = jnp.float32(0.0)
         for first in range(0, num_batches, self.steps_per_call) if self.steps_per_call else (0,):
             net, loss = self._steps(net, data, orders, jnp.int32(first), count, key, num_seen,
-                                    hyper, memory, distill)
+                                    hyper, memory, (objective or Objective()).traced())
             if self.wait_for_each_call:
                 loss.block_until_ready()
             loss_sum = loss_sum + loss
         return net, loss_sum / max(num_batches, 1)
 
     def fit(self, net: dict, data: DeviceData, key, num_seen: int, schedule: Schedule,
-            memory: MemoryBatches | None = None, distill: Distillation | None = None,
+            memory: MemoryBatches | None = None, objective: Objective | None = None,
             progress: Callable[[int, float], None] | None = None) -> tuple[dict, int]:
         """Trains ``net`` by ``schedule`` (``self.schedule(task.index)``) from a fresh optimiser
         state; ``progress(epoch, mean loss)`` is called after each epoch when given. A loss that
@@ -363,7 +411,7 @@ class Trainer:
         train_net = self.init(net["params"], net["model_state"])
         for epoch, lr in enumerate(schedule.learning_rates):
             key, epoch_key = jax.random.split(key)
-            train_net, loss = self.epoch(train_net, data, epoch_key, num_seen, memory, distill,
+            train_net, loss = self.epoch(train_net, data, epoch_key, num_seen, memory, objective,
                                          lr, schedule.weight_decay)
             loss = float(loss)  # waits for the epoch: one number per epoch, to stop a divergence
             if not np.isfinite(loss):
@@ -405,27 +453,33 @@ class Trainer:
         return jax.lax.map(lambda x: model.features(x[None], train=False)[0], images,
                            batch_size=self.feature_batch_size)
 
-    def step(self, net, images, labels, weights, num_seen, distill=None):
+    def step(self, net, images, labels, weights, num_seen, objective: Objective | None = None):
         """One optimisation step on a given batch (traceable; the epoch calls it per batch)."""
+        objective = objective or Objective()
+        distill = objective.distill
         if distill is not None:
             teacher_logits = jax.lax.stop_gradient(self._logits_impl(distill.teacher, images))
 
-        def objective(params):
+        def loss_of(params):
             model = nnx.merge(self.graphdef, self._in_compute_dtype(params), net["model_state"],
                               copy=True)
             logits = model(self._inputs(model, images), train=True).astype(jnp.float32)
-            per_example = self.loss(logits, labels, num_seen)
+            own_classes = jnp.arange(logits.shape[-1]) >= objective.first_class
+            per_example = objective.xent_weight * self.loss(
+                jnp.where(own_classes, logits, NEG_INF), labels, num_seen)
             if distill is not None:
                 per_example += distill.weight * distillation_loss(
                     logits, teacher_logits, distill.num_classes, distill.temperature)
             loss = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+            if objective.penalty is not None:
+                loss += objective.penalty(params)
             _, model_state = nnx.split(model, nnx.Param, ...)[1:]
             # Running statistics stay at their own dtype whatever the compute dtype.
             model_state = jax.tree.map(lambda new, old: new.astype(old.dtype), model_state,
                                        net["model_state"])
             return loss, model_state
 
-        (loss, model_state), grads = jax.value_and_grad(objective, has_aux=True)(net["params"])
+        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(net["params"])
         updates, opt_state = self.optimizer.update(grads, net["opt_state"], net["params"])
         params = optax.apply_updates(net["params"], updates)
         return {"params": params, "model_state": model_state, "opt_state": opt_state}, loss
@@ -480,23 +534,23 @@ class Trainer:
                            data.labels[data_rows].astype(jnp.int32))
         return images, labels, weights
 
-    def _train_on_batch(self, b, carry, data, orders, key, num_seen, memory, distill):
+    def _train_on_batch(self, b, carry, data, orders, key, num_seen, memory, objective):
         net, loss_sum = carry
         images, labels, weights = self._batch(b, data, orders, memory)
         if self.augment is not None and jnp.issubdtype(images.dtype, jnp.integer):
             # Images only: inputs that are already features (a branch on a trunk) pass through.
             images = augment.training_views(images, jax.random.fold_in(key, b), self.augment)
-        net, loss = self.step(net, images, labels, weights, num_seen, distill)
+        net, loss = self.step(net, images, labels, weights, num_seen, objective)
         return net, loss_sum + loss
 
     def _steps_impl(self, net, data: DeviceData, orders, first, num_batches, key, num_seen,
-                    hyper, memory, distill):
+                    hyper, memory, objective):
         """Batches [first, first + steps_per_call) of the epoch, or all of them when
         ``steps_per_call`` is 0; returns (net, summed loss). Steps past ``num_batches`` are
         no-ops."""
         net = {**net, "opt_state": set_hyperparameters(net["opt_state"], *hyper)}
         augment_key = jax.random.fold_in(key, 2)
-        args = (data, orders, augment_key, num_seen, memory, distill)
+        args = (data, orders, augment_key, num_seen, memory, objective)
         carry = (net, jnp.float32(0.0))
         if not self.steps_per_call:
             return jax.lax.fori_loop(first, num_batches,

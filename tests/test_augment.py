@@ -7,6 +7,7 @@ import pytest
 
 from cil.data import augment
 from cil.errors import ConfigError
+from cil.fields import defaults
 
 
 def config(crop_padding=2, flip=True, include_identity=True):
@@ -119,7 +120,7 @@ def test_brightness_scales_each_image_by_one_factor_within_the_range():
 
 
 def test_training_augmentation_is_off_by_default_and_checked():
-    assert augment.resolve_training(augment.training_config()) is None
+    assert augment.resolve_training(defaults(augment.TRAINING_FIELDS)) is None
     with pytest.raises(ConfigError, match="train.augment.flip='auto' is not allowed"):
         training(flip="auto")
     with pytest.raises(ConfigError, match=r"brightness=1.5 is not allowed: set --config.train."

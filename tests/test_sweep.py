@@ -123,7 +123,7 @@ def test_an_over_budget_cell_fails_alone_and_loudly(tmp_path):
     config = grid_config(budget_bytes=(MODEL_BYTES - 1, MODEL_BYTES + 10_000))
     config.strategies = ("finetune",)
     config.seeds = (0,)
-    with pytest.raises(RunError, match=r"1 grid cell\(s\) failed.*memory.budget_bytes=9639"):
+    with pytest.raises(RunError, match=r"1 run\(s\) of the grid failed.*memory.budget_bytes=9639"):
         sweep.run_grid(config, str(tmp_path), progress=quiet)
     [row] = tables.load(tmp_path).rows
     assert row.budget == MODEL_BYTES + 10_000

@@ -11,7 +11,7 @@ from jax.sharding import Mesh
 
 from cil import models, parallel
 from cil.errors import ConfigError
-from cil.training import (DeviceData, Distillation, MemoryBatches, Schedule, Trainer,
+from cil.training import (DeviceData, Distillation, MemoryBatches, Objective, Schedule, Trainer,
                           distillation_loss, task_schedule)
 
 SHAPE = (4, 4, 1)
@@ -169,8 +169,10 @@ def test_distillation_holds_the_teacher_on_the_old_classes(shared):
     old_images = images_of(np.arange(40) % 2, seed=9)
     teacher_scores = trainer.logits(teacher, old_images)
     gap = {}
-    for name, distill in (("plain", None), ("distilled", Distillation(teacher, jnp.int32(2)))):
-        student, _ = trainer.fit(teacher, new_data, jax.random.key(6), 4, epochs(3), distill=distill)
+    for name, objective in (("plain", None),
+                            ("distilled", Objective(distill=Distillation(teacher, 2)))):
+        student, _ = trainer.fit(teacher, new_data, jax.random.key(6), 4, epochs(3),
+                                 objective=objective)
         student_scores = trainer.logits(student, old_images)
         gap[name] = float(jnp.mean(distillation_loss(student_scores, teacher_scores, 2, 2.0)
                                    - distillation_loss(teacher_scores, teacher_scores, 2, 2.0)))

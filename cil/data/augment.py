@@ -72,6 +72,13 @@ def resolve(config: ml_collections.ConfigDict, dataset_name: str,
     return ml_collections.FrozenConfigDict({**config.to_dict(), "flip": flip})
 
 
+def check_resolved(config) -> None:
+    """``config`` came through ``resolve`` (``flip`` a bool): an unresolved "off" would flip."""
+    if not isinstance(config.flip, bool):
+        raise ValueError(f"augment.flip={config.flip!r} is not resolved; pass the config through "
+                         f"cil.data.augment.resolve first")
+
+
 def image_hashes(images):
     """A 32-bit hash of each image's pixels (a random linear map modulo 2**32), shape (N,)."""
     flat = images.reshape(images.shape[0], -1).astype(jnp.uint32)
@@ -106,11 +113,6 @@ def random_views(images, keys, crop_padding: int, flip: bool):
     dy, dx = (bits[:, 0] % span).astype(jnp.int32), (bits[:, 1] % span).astype(jnp.int32)
     flips = (bits[:, 2] & 1).astype(bool) & flip
     return shift_and_flip(images, dy, dx, flips, crop_padding)
-
-
-def training_config() -> ml_collections.ConfigDict:
-    """``config.train.augment`` with its defaults (off)."""
-    return defaults(TRAINING_FIELDS)
 
 
 def resolve_training(config, path: str = "train.augment") -> ml_collections.FrozenConfigDict | None:

@@ -14,7 +14,7 @@ from flax import nnx
 from cil import models, parallel
 from cil.data.stream import Task
 from cil.strategy import Learned, MemoryReport, Strategy, StreamSpec, pytree_bytes
-from cil.training import Trainer
+from cil.training import Objective, Trainer
 
 
 class Finetune(Strategy):
@@ -44,12 +44,13 @@ class Finetune(Strategy):
     def init(self, key, spec):
         return {"net": self.build_network(key, spec)}
 
-    def fit(self, net: dict, images, labels, key, num_seen: int,
-            task_index: int) -> tuple[dict, int]:
-        """Trains ``net`` on (images, labels) by ``train``'s schedule for task ``task_index``;
-        returns it and the examples seen."""
+    def fit(self, net: dict, images, labels, key, num_seen: int, task_index: int,
+            objective: Objective | None = None) -> tuple[dict, int]:
+        """Trains ``net`` on (images, labels) by ``train``'s schedule for task ``task_index``
+        (minimising ``objective``, cil/training.py); returns it and the examples seen."""
         data = self._trainer.put(images, labels)
-        return self._trainer.fit(net, data, key, num_seen, self._trainer.schedule(task_index))
+        return self._trainer.fit(net, data, key, num_seen, self._trainer.schedule(task_index),
+                                 objective=objective)
 
     def learn(self, state, task: Task, key):
         net, examples = self.fit(state["net"], task.images, task.labels, key,

@@ -57,6 +57,7 @@ def nearest_mean_scores(features, means):
 
 class ICaRL(Replay):
     name = "icarl"
+    exemplars_in_task_set = True
 
     @classmethod
     def fields(cls):
@@ -77,35 +78,20 @@ class ICaRL(Replay):
     def side_bytes(self, spec):
         return spec.num_classes * self.feature_dim(spec) * np.dtype(np.float32).itemsize
 
-    def capacity(self, spec):
-        """A task's data and every exemplar train together, as one set."""
-        return max(spec.train_sizes) + self.exemplar_memory.capacity
-
     def init(self, key, spec):
         state = super().init(key, spec)
         means = jnp.zeros((spec.num_classes, self.feature_dim(spec)), jnp.float32)
         return {**state, "means": parallel.replicate(self._trainer.mesh, means)}
 
     def learn(self, state, task, key):
-        fit_key, memory_key = jax.random.split(key)
-        trainer = self._trainer
-        buffer = jax.device_get(state["buffer"])
-        kept = int(buffer.size)
-        # The task's examples first: the memory update offers it the first len(task) of them.
-        images = np.concatenate([task.images, buffer.images[:kept]])
-        labels = np.concatenate([task.labels, buffer.labels[:kept].astype(np.int32)])
-        data = trainer.put(images, labels)
         num_old = task.classes[0]
         objective = None
         if num_old:
             objective = Objective(distill=Distillation(
                 state["net"], num_old, temperature=self.config.strategy.temperature))
-        net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
-                                   trainer.schedule(task.index), objective=objective)
-        task_data = data._replace(size=jnp.int32(len(task.images)))
-        buffer = self.update_memory(state["buffer"], net, task_data, memory_key)
-        means = class_means(trainer.features(net, buffer.images), buffer.labels, buffer.size,
-                            self.spec.num_classes)
+        net, buffer, trained = self.fit_with_exemplars(state, task, key, objective)
+        means = class_means(self._trainer.features(net, buffer.images), buffer.labels,
+                            buffer.size, self.spec.num_classes)
         return Learned({"net": net, "buffer": buffer, "means": means}, trained)
 
     def predict(self, state, images):

@@ -18,6 +18,8 @@ only when config.memory sets neither. Subclasses (icarl) reuse the buffer and it
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from baselines.finetune import Finetune
@@ -26,7 +28,7 @@ from cil.fields import Field, Flag, Integer, OneOf, Optional
 from cil.memory import (COUNTER_BYTES, SELECTIONS, ExemplarMemory, exemplar_bytes,
                         exemplar_capacity)
 from cil.strategy import Learned, StreamSpec, pytree_bytes
-from cil.training import DeviceData, MemoryBatches
+from cil.training import DeviceData, MemoryBatches, Objective
 
 
 class Replay(Finetune):
@@ -47,6 +49,10 @@ class Replay(Finetune):
             "memory_batch_size": Field(None, Optional(Integer(min=1)), "exemplars per step, "
                                        "besides train.batch_size new examples; unset: the same"),
         }
+
+    # Whether exemplars join the task's data as one training set (iCaRL, WA) instead of coming as
+    # a second batch in every step (replay).
+    exemplars_in_task_set = False
 
     def selection(self) -> tuple[str, bool]:
         """The memory's (selection, class_balanced)."""
@@ -76,6 +82,10 @@ class Replay(Finetune):
         return ExemplarMemory(capacity, spec.image_shape, spec.num_classes, selection,
                               class_balanced)
 
+    def capacity(self, spec: StreamSpec) -> int:
+        extra = self.exemplar_memory.capacity if self.exemplars_in_task_set else 0
+        return max(spec.train_sizes) + extra
+
     def init(self, key, spec):
         if self._memory_spec != spec:  # its update compiles once per stream, reused across seeds
             self.exemplar_memory = self.build_memory(spec)
@@ -98,6 +108,22 @@ class Replay(Finetune):
                                    trainer.schedule(task.index), memory=batches)
         buffer = self.update_memory(buffer, net, data, memory_key)
         return Learned({**state, "net": net, "buffer": buffer}, trained)
+
+    def fit_with_exemplars(self, state, task, key, objective: Objective | None = None):
+        """Trains on the task's data and every exemplar as one set, then offers the task's data
+        to the memory; returns (net, buffer, examples trained on)."""
+        fit_key, memory_key = jax.random.split(key)
+        trainer = self._trainer
+        buffer = jax.device_get(state["buffer"])
+        kept = int(buffer.size)
+        # The task's examples first: the memory update offers it the first len(task) of them.
+        images = np.concatenate([task.images, buffer.images[:kept]])
+        labels = np.concatenate([task.labels, buffer.labels[:kept].astype(np.int32)])
+        data = trainer.put(images, labels)
+        net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
+                                   trainer.schedule(task.index), objective=objective)
+        task_data = data._replace(size=jnp.int32(len(task.images)))
+        return net, self.update_memory(state["buffer"], net, task_data, memory_key), trained
 
     def update_memory(self, buffer, net, data: DeviceData, key):
         """The buffer after offering it the task's examples (the first ``data.size``)."""

@@ -8,13 +8,16 @@
     python run.py --config=configs/cifar.py:cifar10_jpeg_cpu     # the same, sized for a 2-core CPU
     python run.py --config=configs/cifar.py:cifar100_b0inc10_smoke   # any of them + _smoke
 
-The recipe, as PyCIL sets it in models/finetune.py, replay.py and icarl.py (module constants, not
-its JSON files; read at commit 87cc411) and utils/data.py:
+The recipe, as PyCIL sets it in models/finetune.py, replay.py, icarl.py, lwf.py, ewc.py and wa.py
+(module constants, not its JSON files; read at commit 87cc411) and utils/data.py:
 - ResNet-32, SGD momentum 0.9, batch 128, multistep learning rate x0.1 at each milestone epoch,
   restarted at every task;
 - task 0: 200 epochs, lr 0.1, milestones 60/120/170, weight decay 5e-4 (``train.first_task``);
 - later tasks, by method (``<strategy>.train``), lr 0.1, weight decay 2e-4: finetune 80 epochs,
   milestones 40/70; replay 70 epochs, milestones 30/50; iCaRL 170 epochs, milestones 80/120, T=2;
+  LwF 250 epochs, milestones 60/120/180/220 (its task 0: milestones 60/120/160), T=2, lambda 3;
+  EWC 180 epochs, milestones 70/120/150, lambda 1000; WA 170 epochs, milestones 60/100/140;
+  SimpleCIL trains task 0 only, by the shared task-0 recipe (PyCIL's own is a cosine schedule);
 - 2,000 exemplars chosen by herding, class-balanced (PyCIL's memory_size 2000, fixed_memory false);
 - augmentation: RandomCrop(32, padding=4), RandomHorizontalFlip, ColorJitter(brightness=63/255),
   then Normalize with the dataset's channel means and standard deviations (``model.input_*``).
@@ -58,6 +61,11 @@ LATER_TASKS = {
     "finetune": {"epochs": 80, "milestones": (40, 70)},
     "replay": {"epochs": 70, "milestones": (30, 50)},
     "icarl": {"epochs": 170, "milestones": (80, 120)},
+    # LwF's own first task ends its second decay at 160, not 170 (PyCIL's models/lwf.py).
+    "lwf": {"epochs": 250, "milestones": (60, 120, 180, 220),
+            "first_task": {"milestones": (60, 120, 160)}},
+    "ewc": {"epochs": 180, "milestones": (70, 120, 150)},
+    "wa": {"epochs": 170, "milestones": (60, 100, 140)},
 }
 
 
@@ -81,7 +89,7 @@ def get_config(arg: str | None = None):
                                     "weight_decay": 5e-4})
     config.train.augment.update({"crop_padding": 4, "flip": "on", "brightness": 63 / 255})
     config.memory.exemplars = 2000
-    config.strategies = ("finetune", "replay", "icarl")
+    config.strategies = ("finetune", "replay", "icarl", "lwf", "ewc", "wa", "simplecil")
     config.replay.update({"selection": "herding", "class_balanced": True})
     config.icarl.temperature = 2.0
     for name, recipe in LATER_TASKS.items():

@@ -27,8 +27,8 @@ def get_config(arg: str | None = None):
     config.strategies = ("replay",)
     config.train.epochs = 5
     config.memory.exemplars = 1000
-    config.replay = ConfigDict({"memory_batch_size": 128, "selection": "random",
-                                "class_balanced": True})
+    config.replay.update({"memory_batch_size": 128, "selection": "random",
+                          "class_balanced": True})
     if arg == "small_cnn":
         config.model = ConfigDict({"name": "small_cnn", "init": "pytorch"})
         config.train.epochs = 1

@@ -76,9 +76,16 @@ class Dense(nnx.Module):
         return jax.nn.relu(self.linear(x.reshape(x.shape[0], -1)))
 
 
+class Flatten(nnx.Module):
+    """The one stage of an MLP without hidden layers: the head reads the flattened pixels."""
+
+    def __call__(self, x, train):
+        return x.reshape(x.shape[0], -1)
+
+
 def mlp(image_shape, num_classes, *, hidden, rngs):
     sizes = [math.prod(image_shape), *hidden]
-    stages = [Dense(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])]
+    stages = [Dense(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])] or [Flatten()]
     return Network(stages, sizes[-1], num_classes, rngs=rngs)
 
 

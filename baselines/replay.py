@@ -105,9 +105,15 @@ class Replay(Finetune):
             stored = DeviceData(buffer.images, buffer.labels, buffer.size)
             batches = MemoryBatches(stored, batch_size)
         net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
-                                   trainer.schedule(task.index), memory=batches)
+                                   trainer.schedule(task.index), memory=batches,
+                                   objective=self.replay_objective() if batches else None)
         buffer = self.update_memory(buffer, net, data, memory_key)
         return Learned({**state, "net": net, "buffer": buffer}, trained)
+
+    def replay_objective(self) -> Objective | None:
+        """What the steps of a task with a non-empty memory minimise (None: the cross-entropy
+        over new and memory examples alike)."""
+        return None
 
     def fit_with_exemplars(self, state, task, key, objective: Objective | None = None):
         """Trains on the task's data and every exemplar as one set, then offers the task's data

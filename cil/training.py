@@ -301,6 +301,9 @@ class Objective:
     xent_weight: float | jax.Array = 1.0
     distill: Distillation | None = None
     penalty: ParameterPenalty | None = None
+    # A-GEM: train on the new examples only, their gradient projected so that it does not raise
+    # the loss on the step's memory examples (``project_on_memory``).
+    project_on_memory: bool = dataclasses.field(default=False, metadata={"static": True})
 
     def traced(self) -> "Objective":
         """The same objective with its numbers as int32/float32 arrays (one compile for all)."""
@@ -312,7 +315,19 @@ class Objective:
         if penalty is not None:
             penalty = dataclasses.replace(penalty, weight=jnp.float32(penalty.weight))
         return Objective(jnp.int32(self.first_class), jnp.float32(self.xent_weight), distill,
-                         penalty)
+                         penalty, self.project_on_memory)
+
+
+def tree_vdot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def project_away_from(grads, reference):
+    """A-GEM's projection (Chaudhry et al. 2019, eq. 11): ``grads`` when its dot product with
+    ``reference`` is non-negative, else ``grads`` minus its component along ``reference``."""
+    dot = tree_vdot(grads, reference)
+    scale = jnp.where(dot < 0, dot / jnp.maximum(tree_vdot(reference, reference), 1e-12), 0.0)
+    return jax.tree.map(lambda g, r: g - scale * r, grads, reference)
 
 
 def shuffled_order(key, size, capacity: int):
@@ -453,14 +468,16 @@ class Trainer:
         return jax.lax.map(lambda x: model.features(x[None], train=False)[0], images,
                            batch_size=self.feature_batch_size)
 
-    def step(self, net, images, labels, weights, num_seen, objective: Objective | None = None):
-        """One optimisation step on a given batch (traceable; the epoch calls it per batch)."""
+    def step(self, net, images, labels, weights, num_seen, objective: Objective | None = None,
+             from_memory=None):
+        """One optimisation step on a given batch (traceable; the epoch calls it per batch).
+        ``from_memory`` marks the batch's memory examples (only A-GEM's objective reads it)."""
         objective = objective or Objective()
         distill = objective.distill
         if distill is not None:
             teacher_logits = jax.lax.stop_gradient(self._logits_impl(distill.teacher, images))
 
-        def loss_of(params):
+        def loss_of(params, weights):
             model = nnx.merge(self.graphdef, self._in_compute_dtype(params), net["model_state"],
                               copy=True)
             logits = model(self._inputs(model, images), train=True).astype(jnp.float32)
@@ -479,7 +496,14 @@ class Trainer:
                                        net["model_state"])
             return loss, model_state
 
-        (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(net["params"])
+        value_and_grad = jax.value_and_grad(loss_of, has_aux=True)
+        if objective.project_on_memory:
+            in_memory = from_memory.astype(jnp.float32)
+            (loss, model_state), grads = value_and_grad(net["params"], weights * (1 - in_memory))
+            _, reference = value_and_grad(net["params"], weights * in_memory)
+            grads = project_away_from(grads, reference)
+        else:
+            (loss, model_state), grads = value_and_grad(net["params"], weights)
         updates, opt_state = self.optimizer.update(grads, net["opt_state"], net["params"])
         params = optax.apply_updates(net["params"], updates)
         return {"params": params, "model_state": model_state, "opt_state": opt_state}, loss
@@ -507,7 +531,8 @@ class Trainer:
         return order, shuffled_order(jax.random.fold_in(key, 1), memory_size, slots)
 
     def _batch(self, b, data: DeviceData, orders, memory):
-        """Batch ``b`` of the epoch: images, int32 labels and 0/1 weights (0: padding)."""
+        """Batch ``b`` of the epoch: images, int32 labels, 0/1 weights (0: padding) and whether
+        each example comes from the memory."""
         order, memory_order = orders
         # The row indices are split over the devices before the gathers, so each device gathers
         # only its own rows from the replicated data: no images move between devices.
@@ -517,7 +542,8 @@ class Trainer:
         weights = (start + offsets < data.size).astype(jnp.float32)
         if memory is None:
             rows, weights = parallel.shard_batch(self.mesh, (rows, weights))
-            return data.images[rows], data.labels[rows].astype(jnp.int32), weights
+            return (data.images[rows], data.labels[rows].astype(jnp.int32), weights,
+                    jnp.zeros(rows.shape, bool))
         slots = memory.data.images.shape[0]
         memory_offsets = jnp.arange(memory.batch_size)
         position = (b * memory.batch_size + memory_offsets) % jnp.maximum(memory.data.size, 1)
@@ -532,15 +558,15 @@ class Trainer:
                            memory.data.images[memory_rows], data.images[data_rows])
         labels = jnp.where(in_memory, memory.data.labels[memory_rows].astype(jnp.int32),
                            data.labels[data_rows].astype(jnp.int32))
-        return images, labels, weights
+        return images, labels, weights, in_memory
 
     def _train_on_batch(self, b, carry, data, orders, key, num_seen, memory, objective):
         net, loss_sum = carry
-        images, labels, weights = self._batch(b, data, orders, memory)
+        images, labels, weights, from_memory = self._batch(b, data, orders, memory)
         if self.augment is not None and jnp.issubdtype(images.dtype, jnp.integer):
             # Images only: inputs that are already features (a branch on a trunk) pass through.
             images = augment.training_views(images, jax.random.fold_in(key, b), self.augment)
-        net, loss = self.step(net, images, labels, weights, num_seen, objective)
+        net, loss = self.step(net, images, labels, weights, num_seen, objective, from_memory)
         return net, loss_sum + loss
 
     def _steps_impl(self, net, data: DeviceData, orders, first, num_batches, key, num_seen,

@@ -13,7 +13,8 @@ from baselines.wa import align_weights
 from cil import experiment, models
 from cil.experiment import stream_spec
 from cil.strategy import load_strategy
-from cil.training import ParameterPenalty
+from cil.training import (Objective, ParameterPenalty, project_away_from, seen_class_xent,
+                          tree_vdot)
 from tests.helpers import tiny_config, tiny_stream
 
 
@@ -156,11 +157,13 @@ def test_each_method_keeps_more_of_the_old_tasks_than_finetune(tmp_path):
     # measured). Measured with seed 0 (2026-12-03): LwF 0.52, EWC 0.69, WA 0.36, SimpleCIL 0.84;
     # each bar sits well below its method and well above finetune, and a method whose mechanism
     # did nothing (no distillation, no penalty, no exemplars, prototypes that move) falls to
-    # finetune's 0.0 on this stream.
+    # finetune's 0.0 on this stream. A-GEM keeps little after five tasks in the class-incremental
+    # setting (0.0 here; Buzzega et al. 2020 find it near finetune on Seq-CIFAR-10), so it is held
+    # to what it does keep: task 1 after task 2 (0.62 measured, finetune 0.0).
     config = tiny_config()
     config.train.update({"epochs": 10, "learning_rate": 0.2})
     config.memory.exemplars = 200
-    config.strategies = ("finetune", "lwf", "ewc", "wa", "simplecil")
+    config.strategies = ("finetune", "lwf", "ewc", "wa", "simplecil", "agem")
     config.seeds = (0,)
     summaries = {s["strategy"]: s for s in experiment.run_experiment(config, str(tmp_path),
                                                                      progress=lambda _: None)}
@@ -168,3 +171,49 @@ def test_each_method_keeps_more_of_the_old_tasks_than_finetune(tmp_path):
     assert kept["finetune"] < 0.1, kept
     for name, bar in (("lwf", 0.25), ("ewc", 0.25), ("wa", 0.2), ("simplecil", 0.5)):
         assert kept[name] > kept["finetune"] + bar, (name, kept)
+    first_task_after_second = {n: s["acc_matrix"][1][0] for n, s in summaries.items()}
+    assert first_task_after_second["agem"] > first_task_after_second["finetune"] + 0.3, (
+        first_task_after_second)
+
+
+def test_agem_projection_by_hand():
+    grads, reference = {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([-1.0, 1.0])}
+    # g . r = -1 < 0: g - (-1 / 2) r = (0.5, 0.5), orthogonal to r.
+    np.testing.assert_allclose(project_away_from(grads, reference)["w"], [0.5, 0.5])
+    agreeing = {"w": jnp.array([1.0, 3.0])}  # g . r = 2 >= 0: unchanged
+    np.testing.assert_allclose(project_away_from(agreeing, reference)["w"], [1.0, 3.0])
+
+
+def test_an_agem_step_never_raises_the_memory_loss_to_first_order():
+    # New examples of classes 2, 3 and memory examples of classes 0, 1: the plain step pushes
+    # the old classes' logits down (raising the memory's loss); A-GEM's step must not.
+    config = linear_config()
+    config.train.batch_size = 8
+    stream = tiny_stream(num_classes=4, increment=2)
+    strategy = load_strategy("agem", config)
+    state = strategy.init(jax.random.key(0), stream_spec(stream, config.memory))
+    trainer = strategy._trainer
+    trained = strategy.learn(state, stream.train_task(0), jax.random.key(1)).state["net"]
+    new, old = stream.train_task(1), stream.train_task(0)
+    images = jnp.concatenate([jnp.asarray(new.images[:8]), jnp.asarray(old.images[:8])])
+    labels = jnp.concatenate([jnp.asarray(new.labels[:8]), jnp.asarray(old.labels[:8])])
+    from_memory = jnp.arange(16) >= 8
+    memory_weights = from_memory.astype(jnp.float32)
+
+    def memory_loss(params):
+        model = nnx.merge(trainer.graphdef, params, trained["model_state"])
+        per_example = seen_class_xent(model(images), labels, 4)
+        return jnp.sum(per_example * memory_weights) / 8
+
+    reference = jax.grad(memory_loss)(trained["params"])
+    along_reference = {}
+    for name, objective in (("plain", Objective()), ("agem", Objective(project_on_memory=True))):
+        net = trainer.init(trained["params"], trained["model_state"])
+        # The plain step on the new examples alone: the gradient A-GEM starts from.
+        weights = 1.0 - memory_weights if name == "plain" else jnp.ones(16)
+        stepped, _ = jax.jit(trainer.step)(net, images, labels, weights, jnp.int32(4),
+                                           objective, from_memory)
+        update = jax.tree.map(lambda a, b: a - b, stepped["params"], trained["params"])
+        along_reference[name] = float(tree_vdot(update, reference))
+    assert along_reference["plain"] > 0, along_reference  # the conflict the test needs
+    assert along_reference["agem"] <= 1e-7, along_reference

@@ -18,6 +18,7 @@ The recipe, as PyCIL sets it in models/finetune.py, replay.py, icarl.py, lwf.py,
   LwF 250 epochs, milestones 60/120/180/220 (its task 0: milestones 60/120/160), T=2, lambda 3;
   EWC 180 epochs, milestones 70/120/150, lambda 1000; WA 170 epochs, milestones 60/100/140;
   SimpleCIL trains task 0 only, by the shared task-0 recipe (PyCIL's own is a cosine schedule);
+  A-GEM (not in PyCIL) takes replay's recipe and memory batch;
 - 2,000 exemplars chosen by herding, class-balanced (PyCIL's memory_size 2000, fixed_memory false);
 - augmentation: RandomCrop(32, padding=4), RandomHorizontalFlip, ColorJitter(brightness=63/255),
   then Normalize with the dataset's channel means and standard deviations (``model.input_*``).
@@ -66,6 +67,7 @@ LATER_TASKS = {
             "first_task": {"milestones": (60, 120, 160)}},
     "ewc": {"epochs": 180, "milestones": (70, 120, 150)},
     "wa": {"epochs": 170, "milestones": (60, 100, 140)},
+    "agem": {"epochs": 70, "milestones": (30, 50)},  # PyCIL has no A-GEM: replay's recipe
 }
 
 
@@ -89,7 +91,7 @@ def get_config(arg: str | None = None):
                                     "weight_decay": 5e-4})
     config.train.augment.update({"crop_padding": 4, "flip": "on", "brightness": 63 / 255})
     config.memory.exemplars = 2000
-    config.strategies = ("finetune", "replay", "icarl", "lwf", "ewc", "wa", "simplecil")
+    config.strategies = ("finetune", "replay", "icarl", "lwf", "ewc", "wa", "simplecil", "agem")
     config.replay.update({"selection": "herding", "class_balanced": True})
     config.icarl.temperature = 2.0
     for name, recipe in LATER_TASKS.items():

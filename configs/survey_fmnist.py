@@ -18,7 +18,7 @@ import ml_collections
 from configs import fashion_mnist
 from configs.common import SMOKE_SEEDS, check_arg
 
-STRATEGIES = ("finetune", "lwf", "ewc", "replay", "icarl", "wa", "simplecil", "joint")
+STRATEGIES = ("finetune", "lwf", "ewc", "agem", "replay", "icarl", "wa", "simplecil", "joint")
 
 
 def get_config(arg: str | None = None):

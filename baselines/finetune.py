@@ -29,10 +29,14 @@ class Finetune(Strategy):
         """The most examples one ``learn`` call trains on: fixes the compiled epoch's shape."""
         return max(spec.train_sizes)
 
+    def model(self, spec: StreamSpec, seed) -> nnx.Module:
+        """The strategy's network for ``spec`` (``config.model``; BiC adds to it)."""
+        return models.build(self.config.model, spec.image_shape, spec.num_classes, seed=seed)
+
     def build_network(self, key, spec: StreamSpec) -> dict:
         """A fresh network as a state dict; builds the (cached) trainer on first use."""
         self.spec = spec
-        model = models.build(self.config.model, spec.image_shape, spec.num_classes, seed=key)
+        model = self.model(spec, key)
         graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
         trainer_key = (graphdef, spec)
         if self._trainer_key != trainer_key:  # compile once per stream, reuse across seeds

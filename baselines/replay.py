@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from baselines.finetune import Finetune
-from cil import models, parallel
+from cil import parallel
 from cil.fields import Field, Flag, Integer, OneOf, Optional
 from cil.memory import (COUNTER_BYTES, SELECTIONS, ExemplarMemory, exemplar_bytes,
                         exemplar_capacity)
@@ -60,8 +60,7 @@ class Replay(Finetune):
 
     def abstract_network(self, spec: StreamSpec):
         """The network's shapes and dtypes, without computing its weights."""
-        return nnx.eval_shape(lambda: models.build(self.config.model, spec.image_shape,
-                                                   spec.num_classes, seed=0))
+        return nnx.eval_shape(lambda: self.model(spec, 0))
 
     def network_bytes(self, spec: StreamSpec) -> int:
         """Bytes ``memory`` charges for the network (params + model state), before building it."""

@@ -66,11 +66,15 @@ def check(config: ml_collections.ConfigDict, image_shape=None, path: str = "mode
                           f"{image_shape[-1]} channel(s); give one per channel")
 
 
-def build(config: ml_collections.ConfigDict, image_shape, num_classes: int, seed) -> Network:
-    """The network ``config.name`` with ``config``'s other fields as options; ``seed``: int or key."""
+def build(config: ml_collections.ConfigDict, image_shape, num_classes: int, seed,
+          task_of_class: tuple[int, ...] | None = None) -> Network:
+    """The network ``config.name`` with ``config``'s other fields as options; ``seed``: int or key.
+    ``task_of_class`` (BiC) adds a bias-correction layer per task (``Network.correct_bias``)."""
     check(config, image_shape)
     options = {k: config.get(k, f.default) for k, f in OPTION_FIELDS[config.name].items()}
     model = _BUILDERS[config.name](tuple(image_shape), num_classes, rngs=nnx.Rngs(seed), **options)
+    if task_of_class is not None:
+        model.correct_bias(task_of_class)
     mean, std = config.get("input_mean"), config.get("input_std")
     if mean is not None:
         model.input_mean, model.input_std = tuple(mean), tuple(std)

@@ -47,13 +47,30 @@ def max_pool_2x2(x):
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+class BiasCorrection(nnx.Variable):
+    """BiC's bias-correction layers: row 0 the scale, row 1 the shift of each task's logits.
+
+    Not an ``nnx.Param``: it is model state (as BatchNorm's statistics are), which the optimiser
+    never touches; BiC sets it in its own second stage (baselines/bic.py)."""
+
+
 class Network(nnx.Module):
-    """``stages`` (a list of modules called as ``stage(x, train)``) followed by a linear ``head``."""
+    """``stages`` (a list of modules called as ``stage(x, train)``) followed by a linear ``head``;
+    with ``correct_bias(task_of_class)``, each task's logits are then scaled and shifted."""
 
     def __init__(self, stages, feature_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         self.stages = nnx.List(stages)
         self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
         self.input_mean = self.input_std = None  # per-channel standardisation (static floats)
+        self.task_of_class = None  # static: the task index of each class, for the correction
+        self.bias_correction = None
+
+    def correct_bias(self, task_of_class: tuple[int, ...]) -> None:
+        """Adds one (scale, shift) per task to the logits, starting as the identity (1, 0)."""
+        num_tasks = max(task_of_class) + 1
+        self.task_of_class = tuple(int(t) for t in task_of_class)
+        self.bias_correction = BiasCorrection(
+            jnp.stack([jnp.ones(num_tasks), jnp.zeros(num_tasks)]))
 
     def features(self, images, train: bool = False, start: int = 0, stop: int | None = None):
         """Runs stages [start, stop) on ``images`` (raw images when start == 0)."""
@@ -63,7 +80,11 @@ class Network(nnx.Module):
         return x
 
     def __call__(self, images, train: bool = False):
-        return self.head(self.features(images, train))
+        logits = self.head(self.features(images, train))
+        if self.bias_correction is None:
+            return logits
+        scale, shift = self.bias_correction[...][:, jnp.asarray(self.task_of_class)]
+        return logits * scale + shift
 
 
 class Dense(nnx.Module):

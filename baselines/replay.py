@@ -114,20 +114,29 @@ class Replay(Finetune):
         over new and memory examples alike)."""
         return None
 
-    def fit_with_exemplars(self, state, task, key, objective: Objective | None = None):
+    def fit_with_exemplars(self, state, task, key, objective: Objective | None = None,
+                           train_rows: tuple[np.ndarray, np.ndarray] | None = None):
         """Trains on the task's data and every exemplar as one set, then offers the task's data
-        to the memory; returns (net, buffer, examples trained on)."""
+        to the memory; returns (net, buffer, examples trained on).
+
+        ``train_rows``: the indices of the task's examples and of the exemplars to train on, when
+        some are held out (BiC's validation split); the memory is still offered the whole task.
+        """
         fit_key, memory_key = jax.random.split(key)
         trainer = self._trainer
         buffer = jax.device_get(state["buffer"])
-        kept = int(buffer.size)
+        task_rows, exemplar_rows = train_rows or (slice(None), slice(0, int(buffer.size)))
         # The task's examples first: the memory update offers it the first len(task) of them.
-        images = np.concatenate([task.images, buffer.images[:kept]])
-        labels = np.concatenate([task.labels, buffer.labels[:kept].astype(np.int32)])
+        images = np.concatenate([task.images[task_rows], buffer.images[exemplar_rows]])
+        labels = np.concatenate([task.labels[task_rows],
+                                 buffer.labels[exemplar_rows].astype(np.int32)])
         data = trainer.put(images, labels)
         net, trained = trainer.fit(state["net"], data, fit_key, task.classes[-1] + 1,
                                    trainer.schedule(task.index), objective=objective)
-        task_data = data._replace(size=jnp.int32(len(task.images)))
+        if train_rows is None:
+            task_data = data._replace(size=jnp.int32(len(task.images)))
+        else:
+            task_data = trainer.put(task.images, task.labels)
         return net, self.update_memory(state["buffer"], net, task_data, memory_key), trained
 
     def update_memory(self, buffer, net, data: DeviceData, key):

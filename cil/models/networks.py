@@ -63,7 +63,7 @@ class Network(nnx.Module):
         self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
         self.input_mean = self.input_std = None  # per-channel standardisation (static floats)
         self.task_of_class = None  # static: the task index of each class, for the correction
-        self.bias_correction = None
+        self.bias_correction = nnx.data(None)  # data, not static: set by correct_bias
 
     def correct_bias(self, task_of_class: tuple[int, ...]) -> None:
         """Adds one (scale, shift) per task to the logits, starting as the identity (1, 0)."""

@@ -65,6 +65,7 @@ LOGITS_BATCH = 1024  # validation logits are computed this many images at a time
 
 class BiC(Replay):
     name = "bic"
+    keeps_teacher = True
     exemplars_in_task_set = True
 
     def __init__(self, config):

@@ -9,12 +9,14 @@ is carried from one task to the next.
 
 from __future__ import annotations
 
+from typing import Callable
+
 from flax import nnx
 
 from cil import models, parallel
 from cil.data.stream import Task
 from cil.strategy import Learned, MemoryReport, Strategy, StreamSpec, pytree_bytes
-from cil.training import Objective, Trainer
+from cil.training import Objective, Trainer, seen_class_xent
 
 
 class Finetune(Strategy):
@@ -33,6 +35,10 @@ class Finetune(Strategy):
         """The strategy's network for ``spec`` (``config.model``; BiC adds to it)."""
         return models.build(self.config.model, spec.image_shape, spec.num_classes, seed=seed)
 
+    def classification_loss(self) -> Callable:
+        """The per-example loss(logits, labels, num_seen) the trainer minimises (PODNet: NCA)."""
+        return seen_class_xent
+
     def build_network(self, key, spec: StreamSpec) -> dict:
         """A fresh network as a state dict; builds the (cached) trainer on first use."""
         self.spec = spec
@@ -41,7 +47,7 @@ class Finetune(Strategy):
         trainer_key = (graphdef, spec)
         if self._trainer_key != trainer_key:  # compile once per stream, reuse across seeds
             self._trainer = Trainer(graphdef, self.config.train, parallel.data_mesh(),
-                                    self.capacity(spec))
+                                    self.capacity(spec), loss=self.classification_loss())
             self._trainer_key = trainer_key
         return parallel.replicate(self._trainer.mesh, {"params": params, "model_state": model_state})
 
@@ -65,5 +71,7 @@ class Finetune(Strategy):
         return self._trainer.logits(state["net"], images)
 
     def memory(self, state):
-        return MemoryReport(learner_params=pytree_bytes(state["net"]["params"]),
-                            side_state=pytree_bytes(state["net"]["model_state"]))
+        params, model_state = (pytree_bytes(state["net"][k]) for k in ("params", "model_state"))
+        # A distilling strategy's teacher: a copy of this network for each later task.
+        return MemoryReport(learner_params=params, side_state=model_state,
+                            teacher_params=params + model_state if self.keeps_teacher else 0)

@@ -57,6 +57,7 @@ def nearest_mean_scores(features, means):
 
 class ICaRL(Replay):
     name = "icarl"
+    keeps_teacher = True
     exemplars_in_task_set = True
 
     @classmethod

@@ -48,6 +48,7 @@ def first_class(xent_classes: str, num_old: int) -> int:
 
 class LwF(Finetune):
     name = "lwf"
+    keeps_teacher = True
 
     @classmethod
     def fields(cls):

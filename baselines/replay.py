@@ -73,7 +73,9 @@ class Replay(Finetune):
 
     def build_memory(self, spec: StreamSpec) -> ExemplarMemory:
         """The exemplar memory, sized by the budget after every other byte this strategy keeps."""
-        other = self.network_bytes(spec) + self.side_bytes(spec) + COUNTER_BYTES
+        network = self.network_bytes(spec)
+        teacher = network if self.keeps_teacher and spec.budget.charge_teacher else 0
+        other = network + teacher + self.side_bytes(spec) + COUNTER_BYTES
         per_exemplar = exemplar_bytes(spec.image_shape, spec.num_classes)
         capacity = exemplar_capacity(spec.budget, per_exemplar, other,
                                      default=self.config.strategy.exemplars)

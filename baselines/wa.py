@@ -40,6 +40,7 @@ from cil.training import Distillation, Objective
 
 class WA(Replay):
     name = "wa"
+    keeps_teacher = True
     exemplars_in_task_set = True
 
     @classmethod

@@ -92,12 +92,14 @@ def summary_metrics(acc_matrix: Sequence[Sequence[float]], A: Sequence[float]) -
 
 def check_budget(report: MemoryReport, budget: Budget, strategy_name: str, task: int) -> None:
     """Fails the run loudly if the strategy keeps more than the budget allows."""
-    charged = report.charged_bytes(budget.charge_encoder)
+    charged = report.charged_bytes(budget)
     if budget.max_bytes is not None and charged > budget.max_bytes:
         raise BudgetError(
             f"{strategy_name} keeps {charged:,} bytes after task {task}, over the budget of "
             f"{budget.max_bytes:,} (exemplars {report.exemplars:,}, learner params "
-            f"{report.learner_params:,}, side state {report.side_state:,}); no result is written")
+            f"{report.learner_params:,}, side state {report.side_state:,}"
+            + (f", teacher {report.teacher_params:,}" if budget.charge_teacher else "")
+            + "); no result is written")
     if budget.max_exemplars is not None and report.num_exemplars > budget.max_exemplars:
         raise BudgetError(
             f"{strategy_name} stores {report.num_exemplars} exemplars after task {task}, over the "

@@ -83,7 +83,8 @@ def build_stream(config) -> streams.Stream:
 
 def stream_spec(stream: streams.Stream, memory: ml_collections.ConfigDict) -> StreamSpec:
     budget = Budget(max_bytes=memory.budget_bytes, max_exemplars=memory.exemplars,
-                    charge_encoder=bool(memory.charge_encoder))
+                    charge_encoder=bool(memory.charge_encoder),
+                    charge_teacher=bool(memory.charge_teacher))
     return StreamSpec(num_classes=stream.num_classes, image_shape=stream.image_shape,
                       tasks=stream.tasks, train_sizes=stream.task_sizes("train"), budget=budget,
                       dataset_name=stream.dataset_name)
@@ -229,7 +230,7 @@ class RunLoop:
             "kind": "task", **self.header, "attempt": progress["attempt"], "task": t,
             "num_seen_classes": num_seen, "acc_row": row, "A": A_t,
             "memory": report._asdict(),
-            "charged_bytes": report.charged_bytes(self.spec.budget.charge_encoder),
+            "charged_bytes": report.charged_bytes(self.spec.budget),
             "trained_examples": learned.trained_examples,
             "train_seconds": train_watch.seconds, "eval_seconds": eval_watch.seconds,
             "compile_seconds": train_watch.compile_seconds + eval_watch.compile_seconds,

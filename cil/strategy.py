@@ -39,6 +39,8 @@ MEMORY_FIELDS = {
     "budget_bytes": Field(None, Optional(Integer(min=0)), "bounds exemplars + learner + side state"),
     "exemplars": Field(None, Optional(Integer(min=0)), "bounds the number of stored examples"),
     "charge_encoder": Field(False, Flag(), "also charge a frozen encoder against budget_bytes"),
+    "charge_teacher": Field(False, Flag(), "also charge a distilling strategy's teacher copy "
+                            "against budget_bytes (Zhou et al. do not)"),
 }
 
 
@@ -49,6 +51,7 @@ class Budget:
     max_bytes: int | None = None  # bounds exemplars + learner_params + side_state
     max_exemplars: int | None = None  # bounds the number of stored examples
     charge_encoder: bool = False  # also charge the frozen encoder against max_bytes
+    charge_teacher: bool = False  # also charge the teacher copy against max_bytes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +82,15 @@ class MemoryReport(NamedTuple):
     encoder_params: int = 0  # a frozen pretrained encoder: reported, charged only on request
     side_state: int = 0  # prototypes, class means, keys, statistics, projections
     num_exemplars: int = 0
+    # The frozen copy of the network a distilling strategy learns the next task against:
+    # reported, charged only on request (PROTOCOL.md).
+    teacher_params: int = 0
 
-    def charged_bytes(self, charge_encoder: bool = False) -> int:
+    def charged_bytes(self, budget: Budget = Budget()) -> int:
+        """The bytes ``budget`` counts: the encoder and the teacher only when it says so."""
         charged = self.exemplars + self.learner_params + self.side_state
-        return charged + (self.encoder_params if charge_encoder else 0)
+        return (charged + (self.encoder_params if budget.charge_encoder else 0)
+                + (self.teacher_params if budget.charge_teacher else 0))
 
 
 class Learned(NamedTuple):
@@ -100,6 +108,9 @@ class Strategy:
     """
 
     name: str = ""
+    # Whether each task distils from a frozen copy of the network as the task found it (LwF,
+    # iCaRL, WA, BiC, PODNet): its bytes are MemoryReport.teacher_params.
+    keeps_teacher: bool = False
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

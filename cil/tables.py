@@ -38,7 +38,7 @@ from cil.results import read_summaries
 
 # Summary fields that identify the stream, and config fields that change what is evaluated.
 STREAM_FIELDS = ("dataset", "split", "class_order_seed", "class_order", "num_tasks")
-EVALUATION_SETTINGS = ("memory.charge_encoder",)
+EVALUATION_SETTINGS = ("memory.charge_encoder", "memory.charge_teacher")
 BUDGET = "memory.budget_bytes"
 # Settings that say where data came from or how it was batched for testing, not what was learned.
 NOT_SETTINGS = ("checkpoint", "eval_batch_size", "dataset.data_dir", "dataset.download",
@@ -154,7 +154,8 @@ def auc(budgets_bytes, values) -> float:
 def protocol_of(run: dict) -> dict:
     settings = flat_settings(run.get("config", {}))
     return {**{f: run.get(f) for f in STREAM_FIELDS},
-            **{f: settings.get(f) for f in EVALUATION_SETTINGS}}
+            # Absent: a run from before the setting existed, which charged nothing extra.
+            **{f: settings.get(f, False) for f in EVALUATION_SETTINGS}}
 
 
 def check_one_protocol(tagged: list[tuple[str, dict]]) -> dict:
@@ -398,6 +399,7 @@ def footnote(table: Table, latex: bool) -> str:
             f" ({y['dagger']}: where no joint run has that seed, with the mean of the joint "
             f"seeds: {mixed})" if mixed else "") + ".")
     encoder = " + frozen encoder" if s.get("memory.charge_encoder") else ""
+    encoder += " + teacher copy" if s.get("memory.charge_teacher") else ""
     parts.append(f"Accuracies in {y['%']}; memory: the most bytes kept over the run (exemplars + "
                  f"learner parameters + side state{encoder}), 1 MB = {y['mega']} bytes; train: "
                  f"training wall-clock seconds summed over tasks, compiles excluded.")

@@ -7,10 +7,11 @@ configs/fashion_mnist.py's setting (class order 0..9, MLP 784-400-400-10, SGD lr
 momentum, batch 128, seeds 0, 1, 2) with 5 epochs per task for every method, at one total budget
 of 6 MB (Zhou et al., section 4.4: every method keeps the same bytes). The budget is what EWC
 needs: its network, anchor parameters and Fisher, 3 x 1,913,640 bytes; the exemplar methods
-(replay, iCaRL, WA) spend what their network leaves on exemplars (about 5,200 of 785 bytes); LwF
+(replay, iCaRL, WA, BiC) spend what their network leaves on exemplars (about 5,200 of 785 bytes); LwF
 and SimpleCIL keep no exemplars (their unused bytes are their loss, as in the survey's
 accounting); joint runs unbudgeted, as the upper bound. Each method's own settings are its
-defaults (LwF T=2, lambda 3; EWC lambda 1000; WA T=2; iCaRL nearest mean of exemplars).
+defaults (LwF T=2, lambda 3; EWC lambda 1000; WA T=2; BiC T=2, 10% validation split, the
+paper's variant; iCaRL nearest mean of exemplars).
 """
 
 import ml_collections
@@ -18,7 +19,8 @@ import ml_collections
 from configs import fashion_mnist
 from configs.common import SMOKE_SEEDS, check_arg
 
-STRATEGIES = ("finetune", "lwf", "ewc", "agem", "replay", "icarl", "wa", "simplecil", "joint")
+STRATEGIES = ("finetune", "lwf", "ewc", "agem", "replay", "icarl", "wa", "bic", "simplecil",
+              "joint")
 
 
 def get_config(arg: str | None = None):

@@ -88,6 +88,23 @@ def test_a_byte_budget_buys_what_the_model_leaves(name):
     assert load_strategy(name, config).build_memory(spec).capacity == 25
 
 
+def test_the_teacher_is_reported_and_charged_only_on_request(runs):
+    _, tasks = runs["icarl"]
+    network = load_strategy("icarl", config_for("icarl")).network_bytes(
+        experiment.stream_spec(experiment.build_stream(config_for("icarl")),
+                               config_for("icarl").memory))
+    assert [t["memory"]["teacher_params"] for t in tasks] == [network] * len(tasks)
+    for t in tasks:  # not charged by default
+        m = t["memory"]
+        assert t["charged_bytes"] == m["exemplars"] + m["learner_params"] + m["side_state"]
+    assert runs["finetune"][1][0]["memory"]["teacher_params"] == 0  # finetune distils from none
+    # Charged: the same byte budget buys the teacher's bytes fewer exemplars.
+    budget, _ = byte_budget("icarl", 25)
+    config = config_for("icarl", budget_bytes=budget + network, charge_teacher=True)
+    spec = experiment.stream_spec(experiment.build_stream(config), config.memory)
+    assert load_strategy("icarl", config).build_memory(spec).capacity == 25
+
+
 def test_icarl_fits_its_byte_budget_through_the_evaluator(runs):
     # The evaluator refuses an over-budget run; this one passed it, full to the last byte allowed.
     summary, tasks = runs["icarl"]

@@ -29,14 +29,11 @@ import numpy as np
 from baselines.replay import Replay
 from cil import parallel
 from cil.fields import Field, Integer, Number, OneOf
+from cil.models.networks import normalize
 from cil.strategy import Learned, StreamSpec
 from cil.training import Distillation, Objective
 
 CLASSIFIERS = ("nme", "logits")
-
-
-def normalize(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")

@@ -31,11 +31,8 @@ import numpy as np
 
 from baselines.finetune import Finetune
 from cil import parallel
+from cil.models.networks import normalize
 from cil.strategy import Learned
-
-
-def normalize(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @jax.jit

@@ -11,6 +11,10 @@
     net, examples = trainer.fit(..., objective=Objective(
         distill=Distillation(old_net, num_old, temperature=2.0), first_class=num_old,
         penalty=ParameterPenalty(anchor_params, fisher, weight=1000.0)))
+    # PODNet: pooled-outputs distillation from the old net; parameters outside ``mask`` held fixed
+    net, examples = trainer.fit(..., objective=Objective(
+        pod=PooledOutputsDistillation(old_net, spatial_weight=5.0, flat_weight=1.0),
+        trainable=mask))
     scores = trainer.logits(net, images); feats = trainer.features(net, images)
 
 ``net`` is ``{"params", "model_state"}``; ``fit`` starts a fresh optimiser state (``init``) and
@@ -47,8 +51,9 @@ Why it is shaped this way (DESIGN.md, "Speed on CPU"):
   with many calls in flight their all-reduces deadlocked.
 
 The loss is cross-entropy over the classes seen so far (logits of later classes are masked out),
-which is what a growing classifier head computes, and what an ``Objective`` adds to it: a weight
-on it, a first class (the new task's head only), distillation, a parameter penalty.
+which is what a growing classifier head computes (or the ``loss`` given to the Trainer: PODNet's
+NCA), and what an ``Objective`` adds to it: a weight on it, a first class (the new task's head
+only), distillation, a parameter penalty, PODNet's pooled-outputs distillation, frozen entries.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ from cil import parallel
 from cil.data import augment
 from cil.errors import ConfigError, DivergenceError
 from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence, check
-from cil.models.networks import to_float
+from cil.models.networks import normalize, safe_norm, to_float
 
 NEG_INF = -1e9  # stands for minus infinity in masked logits (avoids inf - inf = nan)
 
@@ -188,7 +193,12 @@ def schedule_settings(train: ml_collections.ConfigDict, task_index: int) -> dict
 def task_schedule(train: ml_collections.ConfigDict, task_index: int) -> Schedule:
     """Epochs, the learning rate of each epoch and the weight decay for task ``task_index``,
     restarted at every task."""
-    settings = schedule_settings(train, task_index)
+    return settings_schedule(schedule_settings(train, task_index))
+
+
+def settings_schedule(settings) -> Schedule:
+    """The ``Schedule`` of a dict of ``SCHEDULE_FIELDS`` (a second stage's own recipe: PODNet's
+    class-balanced finetuning)."""
     lr = epoch_schedule(settings)
     return Schedule(tuple(float(lr(e)) for e in range(int(settings["epochs"]))),
                     float(settings["weight_decay"]))
@@ -286,6 +296,58 @@ class ParameterPenalty:
         return 0.5 * self.weight * sum(jax.tree.leaves(terms))
 
 
+def pod_maps(activations: list) -> list:
+    """What POD-spatial compares, from ``Network.activations`` (input first), as (B, H, W, C).
+
+    The stage outputs that are feature maps (4-D) and end a run of outputs of their shape: the end
+    of each width group of a ResNet (ResNet-32: PyCIL's three stage outputs, not its 15 blocks),
+    each pooled block of the CNNs. A network without feature maps (an MLP) has each stage's 2-D
+    output read as a 1x1 map, for which POD-spatial is the distance between the L2-normalised
+    squared activations (the width and height poolings are then the same vector, twice).
+    """
+    outputs = activations[1:]
+    maps = [a for a, after in zip(outputs, [*outputs[1:], None])
+            if a.ndim == 4 and (after is None or after.shape != a.shape)]
+    return maps or [a.reshape(a.shape[0], 1, 1, -1) for a in outputs]
+
+
+def pod_spatial_loss(maps, teacher_maps):
+    """Per-example POD-spatial (Douillard et al. 2020, eq. 2-4, as PyCIL's ``pod_spatial_loss``):
+    per map, the squared activations summed over the width and over the height, concatenated and
+    L2-normalised; the Euclidean distance to the teacher's; the mean over the maps."""
+    def pooled(a):
+        a = jnp.square(a.astype(jnp.float32))
+        n = a.shape[0]
+        return normalize(jnp.concatenate([a.sum(2).reshape(n, -1), a.sum(1).reshape(n, -1)], -1))
+
+    distances = [safe_norm(pooled(t) - pooled(s)) for s, t in zip(maps, teacher_maps)]
+    return sum(distances) / len(distances)
+
+
+def pod_flat_loss(features, teacher_features):
+    """Per-example POD-flat: 1 - the cosine between the student's and the teacher's embedding
+    (PyCIL's ``cosine_embedding_loss`` with target 1)."""
+    return 1.0 - jnp.sum(normalize(features.astype(jnp.float32))
+                         * normalize(teacher_features.astype(jnp.float32)), -1)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PooledOutputsDistillation:
+    """PODNet: adds ``spatial_weight`` x ``pod_spatial_loss`` over ``pod_maps`` and
+    ``flat_weight`` x ``pod_flat_loss`` on the head's input, against a frozen ``teacher`` net
+    (evaluation mode), on every example of the batch."""
+
+    teacher: dict  # {"params", "model_state"} of the same graphdef (a ``Network``)
+    spatial_weight: float | jax.Array = 1.0  # traced: PODNet's factor changes per task
+    flat_weight: float | jax.Array = 1.0
+
+    def __call__(self, activations, teacher_activations):
+        spatial = pod_spatial_loss(pod_maps(activations), pod_maps(teacher_activations))
+        flat = pod_flat_loss(activations[-1], teacher_activations[-1])
+        return self.spatial_weight * spatial + self.flat_weight * flat
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Objective:
@@ -295,6 +357,10 @@ class Objective:
     ``first_class`` > 0 trains the new task's classes among themselves, as LwF and EWC do in
     PyCIL (``cross_entropy(logits[:, known:], targets - known)``): every label must be at least
     ``first_class``. Numbers are traced, so their values per task share one compiled step.
+
+    ``trainable``: booleans shaped as the params (each leaf broadcastable to its parameter);
+    the entries that are False keep their value bitwise, whatever the optimiser computes for
+    them (PODNet's frozen old proxies: the mask is applied after weight decay and momentum).
     """
 
     first_class: int | jax.Array = 0
@@ -304,6 +370,8 @@ class Objective:
     # A-GEM: train on the new examples only, their gradient projected so that it does not raise
     # the loss on the step's memory examples (``project_on_memory``).
     project_on_memory: bool = dataclasses.field(default=False, metadata={"static": True})
+    pod: PooledOutputsDistillation | None = None
+    trainable: dict | None = None
 
     def traced(self) -> "Objective":
         """The same objective with its numbers as int32/float32 arrays (one compile for all)."""
@@ -314,8 +382,13 @@ class Objective:
         penalty = self.penalty
         if penalty is not None:
             penalty = dataclasses.replace(penalty, weight=jnp.float32(penalty.weight))
-        return Objective(jnp.int32(self.first_class), jnp.float32(self.xent_weight), distill,
-                         penalty, self.project_on_memory)
+        pod = self.pod
+        if pod is not None:
+            pod = dataclasses.replace(pod, spatial_weight=jnp.float32(pod.spatial_weight),
+                                      flat_weight=jnp.float32(pod.flat_weight))
+        return dataclasses.replace(self, first_class=jnp.int32(self.first_class),
+                                   xent_weight=jnp.float32(self.xent_weight), distill=distill,
+                                   penalty=penalty, pod=pod)
 
 
 def tree_vdot(a, b):
@@ -473,20 +546,31 @@ class Trainer:
         """One optimisation step on a given batch (traceable; the epoch calls it per batch).
         ``from_memory`` marks the batch's memory examples (only A-GEM's objective reads it)."""
         objective = objective or Objective()
-        distill = objective.distill
+        distill, pod = objective.distill, objective.pod
         if distill is not None:
             teacher_logits = jax.lax.stop_gradient(self._logits_impl(distill.teacher, images))
+        if pod is not None:
+            teacher_activations = jax.lax.stop_gradient(
+                self._model(pod.teacher).activations(images, train=False))
 
         def loss_of(params, weights):
             model = nnx.merge(self.graphdef, self._in_compute_dtype(params), net["model_state"],
                               copy=True)
-            logits = model(self._inputs(model, images), train=True).astype(jnp.float32)
+            inputs = self._inputs(model, images)
+            if pod is None:
+                logits = model(inputs, train=True)
+            else:  # the same forward pass, keeping every stage's output
+                activations = model.activations(inputs, train=True)
+                logits = model.scores(activations[-1])
+            logits = logits.astype(jnp.float32)
             own_classes = jnp.arange(logits.shape[-1]) >= objective.first_class
             per_example = objective.xent_weight * self.loss(
                 jnp.where(own_classes, logits, NEG_INF), labels, num_seen)
             if distill is not None:
                 per_example += distill.weight * distillation_loss(
                     logits, teacher_logits, distill.num_classes, distill.temperature)
+            if pod is not None:
+                per_example += pod(activations, teacher_activations)
             loss = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
             if objective.penalty is not None:
                 loss += objective.penalty(params)
@@ -506,6 +590,9 @@ class Trainer:
             (loss, model_state), grads = value_and_grad(net["params"], weights)
         updates, opt_state = self.optimizer.update(grads, net["opt_state"], net["params"])
         params = optax.apply_updates(net["params"], updates)
+        if objective.trainable is not None:  # a select, not a zeroed update: -0.0 stays -0.0
+            params = jax.tree.map(lambda new, old, free: jnp.where(free, new, old), params,
+                                  net["params"], objective.trainable)
         return {"params": params, "model_state": model_state, "opt_state": opt_state}, loss
 
     def _in_compute_dtype(self, tree):

@@ -8,7 +8,8 @@
     python run.py --config=configs/cifar.py:cifar10_jpeg_cpu     # the same, sized for a 2-core CPU
     python run.py --config=configs/cifar.py:cifar100_b0inc10_smoke   # any of them + _smoke
 
-The recipe, as PyCIL sets it in models/finetune.py, replay.py, icarl.py, lwf.py, ewc.py, wa.py and bic.py
+The recipe, as PyCIL sets it in models/finetune.py, replay.py, icarl.py, lwf.py, ewc.py, wa.py, bic.py
+and podnet.py
 (module constants, not its JSON files; read at commit 87cc411) and utils/data.py:
 - ResNet-32, SGD momentum 0.9, batch 128, multistep learning rate x0.1 at each milestone epoch,
   restarted at every task;
@@ -18,6 +19,9 @@ The recipe, as PyCIL sets it in models/finetune.py, replay.py, icarl.py, lwf.py,
   LwF 250 epochs, milestones 60/120/180/220 (its task 0: milestones 60/120/160), T=2, lambda 3;
   EWC 180 epochs, milestones 70/120/150, lambda 1000; WA 170 epochs, milestones 60/100/140;
   BiC 170 epochs, milestones 60/100/140, its second stage on the same schedule, T=2;
+  PODNet 160 epochs with a cosine schedule, lr 0.1, weight decay 5e-4, on every task, the first
+  included (PyCIL trains its base task by the same recipe), then 20 epochs of class-balanced
+  finetuning (the paper's: proxies only, lr 0.05; ``podnet.finetune="pycil"`` for PyCIL's);
   SimpleCIL trains task 0 only, by the shared task-0 recipe (PyCIL's own is a cosine schedule);
   A-GEM (not in PyCIL) takes replay's recipe and memory batch;
 - 2,000 exemplars chosen by herding, class-balanced (PyCIL's memory_size 2000, fixed_memory false);
@@ -70,6 +74,8 @@ LATER_TASKS = {
     "wa": {"epochs": 170, "milestones": (60, 100, 140)},
     "agem": {"epochs": 70, "milestones": (30, 50)},  # PyCIL has no A-GEM: replay's recipe
     "bic": {"epochs": 170, "milestones": (60, 100, 140)},
+    "podnet": {"epochs": 160, "schedule": "cosine", "weight_decay": 5e-4,
+               "first_task": {"epochs": 160, "schedule": "cosine"}},
 }
 
 
@@ -94,7 +100,7 @@ def get_config(arg: str | None = None):
     config.train.augment.update({"crop_padding": 4, "flip": "on", "brightness": 63 / 255})
     config.memory.exemplars = 2000
     config.strategies = ("finetune", "replay", "icarl", "lwf", "ewc", "wa", "simplecil", "agem",
-                         "bic")
+                         "bic", "podnet")
     config.replay.update({"selection": "herding", "class_balanced": True})
     config.icarl.temperature = 2.0
     for name, recipe in LATER_TASKS.items():

@@ -6,7 +6,8 @@
     feats = net.features(images_uint8)            # the input of the head
 
 Every network is a list of ``stages`` followed by a linear ``head``, so a strategy can freeze,
-share or clone "the first k stages" the same way for the MLP, the CNN and the ResNets.
+share or clone "the first k stages" the same way for the MLP, the CNN and the ResNets. PODNet's
+``proxies_per_class`` puts a local similarity classifier in the head's place.
 """
 
 from __future__ import annotations
@@ -67,19 +68,24 @@ def check(config: ml_collections.ConfigDict, image_shape=None, path: str = "mode
 
 
 def build(config: ml_collections.ConfigDict, image_shape, num_classes: int, seed,
-          task_of_class: tuple[int, ...] | None = None) -> Network:
+          task_of_class: tuple[int, ...] | None = None,
+          proxies_per_class: int | None = None) -> Network:
     """The network ``config.name`` with ``config``'s other fields as options; ``seed``: int or key.
-    ``task_of_class`` (BiC) adds a bias-correction layer per task (``Network.correct_bias``)."""
+    ``task_of_class`` (BiC) adds a bias-correction layer per task (``Network.correct_bias``);
+    ``proxies_per_class`` (PODNet) makes the head a local similarity classifier with that many
+    proxies per class and drops the last ReLU (``Network.use_local_similarity``)."""
     check(config, image_shape)
     options = {k: config.get(k, f.default) for k, f in OPTION_FIELDS[config.name].items()}
     model = _BUILDERS[config.name](tuple(image_shape), num_classes, rngs=nnx.Rngs(seed), **options)
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+    if proxies_per_class is not None:
+        model.use_local_similarity(proxies_per_class, jax.random.fold_in(key, 2))
     if task_of_class is not None:
         model.correct_bias(task_of_class)
     mean, std = config.get("input_mean"), config.get("input_std")
     if mean is not None:
         model.input_mean, model.input_std = tuple(mean), tuple(std)
     if (config.get("init") or "flax") == "pytorch":
-        key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
         pytorch_init(model, jax.random.fold_in(key, 1))
     return model
 

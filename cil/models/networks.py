@@ -2,6 +2,11 @@
 
     net = mlp((28, 28, 1), 10, hidden=(400, 400), rngs=nnx.Rngs(0))
     net(images, train=True)   # uint8 or float images, NHWC
+    net.activations(images)   # the input, then every stage's output (the last: net.features)
+    net.use_local_similarity(10, key)   # PODNet: cosine head with 10 proxies a class, last ReLU off
+
+Every stage that ends in a ReLU has a ``relu`` flag, so the last one can end without it (PODNet's
+"last ReLU removed": its features keep their negative half, which the cosine head reads).
 
 Max-pooling is written as reshape + max: on XLA:CPU the backward of ``max_pool``
 (select-and-scatter) took half of a small CNN's step, and this form ran twice as fast (DESIGN.md).
@@ -41,10 +46,57 @@ def pytorch_init(model: nnx.Module, key) -> None:
                                                     maxval=bound)
 
 
+def rectify(x, relu: bool):
+    """ReLU of ``x``, or ``x`` itself for a stage whose ReLU is off (``relu``: a static flag)."""
+    return jax.nn.relu(x) if relu else x
+
+
 def max_pool_2x2(x):
     n, h, w, c = x.shape
     x = x[:, : h - h % 2, : w - w % 2]
     return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def safe_norm(x, axis=-1, keepdims: bool = False):
+    """The L2 norm along ``axis``, with gradient 0 at 0 (as PyTorch's norm) where
+    ``jnp.linalg.norm``'s is NaN: a student equal to its teacher, at a task's first step."""
+    squares = jnp.sum(x * x, axis=axis, keepdims=keepdims)
+    positive = squares > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, squares, 1.0)), 0.0)
+
+
+def normalize(x):
+    """``x`` / its L2 norm along the last axis (floored at 1e-12, as PyTorch's F.normalize)."""
+    return x / jnp.maximum(safe_norm(x, keepdims=True), 1e-12)
+
+
+class LocalSimilarityClassifier(nnx.Module):
+    """PODNet's local similarity classifier (LSC; Douillard et al. 2020, eq. 8-9).
+
+    ``proxies_per_class`` proxies per class, each class's contiguous (rows [c K, (c + 1) K)).
+    With s_{c,k} the cosine between the features and proxy k of class c, class c scores
+    ``scale`` x sum_k softmax_k(s_{c,k}) s_{c,k}: a soft maximum over the class's proxies,
+    temperature 1. ``scale`` is learned and starts at 1 (PyCIL's sigma, the authors' learned
+    scaling). Proxies start uniform in +-1/sqrt(features), as PyCIL's CosineLinear.
+
+    The authors' code compares by -||x - w||^2 of the normalised vectors (their
+    ``neg_stable_cosine_distance``), which is 2 cos - 2: the same ordering and softmax over proxies
+    up to a factor 2 in temperature; cil uses cos, as PyCIL and the paper's equation.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, proxies_per_class: int, *, key):
+        bound = feature_dim ** -0.5
+        self.in_features = feature_dim
+        self.proxies_per_class = proxies_per_class
+        self.proxies = nnx.Param(jax.random.uniform(
+            key, (num_classes * proxies_per_class, feature_dim), minval=-bound, maxval=bound))
+        self.scale = nnx.Param(jnp.ones(()))
+
+    def __call__(self, x):
+        cosines = normalize(x) @ normalize(self.proxies[...]).T
+        per_class = cosines.reshape(x.shape[0], -1, self.proxies_per_class)
+        merged = jnp.sum(jax.nn.softmax(per_class, axis=-1) * per_class, axis=-1)
+        return self.scale[...] * merged
 
 
 class BiasCorrection(nnx.Variable):
@@ -55,8 +107,9 @@ class BiasCorrection(nnx.Variable):
 
 
 class Network(nnx.Module):
-    """``stages`` (a list of modules called as ``stage(x, train)``) followed by a linear ``head``;
-    with ``correct_bias(task_of_class)``, each task's logits are then scaled and shifted."""
+    """``stages`` (a list of modules called as ``stage(x, train)``) followed by a linear ``head``
+    (or, after ``use_local_similarity``, PODNet's LSC); with ``correct_bias(task_of_class)``, each
+    task's logits are then scaled and shifted."""
 
     def __init__(self, stages, feature_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         self.stages = nnx.List(stages)
@@ -72,29 +125,51 @@ class Network(nnx.Module):
         self.bias_correction = BiasCorrection(
             jnp.stack([jnp.ones(num_tasks), jnp.zeros(num_tasks)]))
 
+    def use_local_similarity(self, proxies_per_class: int, key) -> None:
+        """PODNet's network: the head becomes a ``LocalSimilarityClassifier`` over the same
+        features, and the last stage that ends in a ReLU ends without it (PyCIL's cosine
+        ResNet-32: the last block of stage 3 adds its residual and stops)."""
+        in_features = self.head.in_features
+        num_classes = self.head.out_features
+        self.head = LocalSimilarityClassifier(in_features, num_classes, proxies_per_class, key=key)
+        rectified = [stage for stage in self.stages if getattr(stage, "relu", False)]
+        if rectified:  # an MLP without hidden layers has none
+            rectified[-1].relu = False
+
+    def activations(self, images, train: bool = False, start: int = 0,
+                    stop: int | None = None) -> list:
+        """The input of stage ``start`` (``images``, made float when start == 0), then the output
+        of each stage in [start, stop): what PODNet's pooled distillation compares."""
+        outputs = [to_float(images, self.input_mean, self.input_std) if start == 0 else images]
+        for stage in list(self.stages)[start:stop]:
+            outputs.append(stage(outputs[-1], train))
+        return outputs
+
     def features(self, images, train: bool = False, start: int = 0, stop: int | None = None):
         """Runs stages [start, stop) on ``images`` (raw images when start == 0)."""
-        x = to_float(images, self.input_mean, self.input_std) if start == 0 else images
-        for stage in list(self.stages)[start:stop]:
-            x = stage(x, train)
-        return x
+        return self.activations(images, train, start, stop)[-1]
 
-    def __call__(self, images, train: bool = False):
-        logits = self.head(self.features(images, train))
+    def scores(self, features):
+        """The logits of the head's input ``features`` (bias-corrected when BiC set it up)."""
+        logits = self.head(features)
         if self.bias_correction is None:
             return logits
         scale, shift = self.bias_correction[...][:, jnp.asarray(self.task_of_class)]
         return logits * scale + shift
 
+    def __call__(self, images, train: bool = False):
+        return self.scores(self.features(images, train))
+
 
 class Dense(nnx.Module):
-    """Flatten, linear, ReLU: one MLP stage."""
+    """Flatten, linear, ReLU (unless ``relu`` is off): one MLP stage."""
 
     def __init__(self, din, dout, *, rngs):
         self.linear = nnx.Linear(din, dout, rngs=rngs)
+        self.relu = True
 
     def __call__(self, x, train):
-        return jax.nn.relu(self.linear(x.reshape(x.shape[0], -1)))
+        return rectify(self.linear(x.reshape(x.shape[0], -1)), self.relu)
 
 
 class Flatten(nnx.Module):
@@ -111,14 +186,15 @@ def mlp(image_shape, num_classes, *, hidden, rngs):
 
 
 class ConvBlock(nnx.Module):
-    """3x3 conv, ReLU, optional 2x2 max-pool."""
+    """3x3 conv, ReLU (unless ``relu`` is off), optional 2x2 max-pool."""
 
     def __init__(self, cin, cout, pool, *, rngs):
         self.conv = nnx.Conv(cin, cout, (3, 3), rngs=rngs)
         self.pool = pool
+        self.relu = True
 
     def __call__(self, x, train):
-        x = jax.nn.relu(self.conv(x))
+        x = rectify(self.conv(x), self.relu)
         return max_pool_2x2(x) if self.pool else x
 
 
@@ -163,6 +239,7 @@ class ResidualBlock(nnx.Module):
             self.project_bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
         else:
             self.project = None
+        self.relu = True  # after the residual sum
 
     def __call__(self, x, train):
         frozen_stats = not train
@@ -170,16 +247,17 @@ class ResidualBlock(nnx.Module):
         y = self.bn2(self.conv2(y), use_running_average=frozen_stats)
         if self.project is not None:
             x = self.project_bn(self.project(x), use_running_average=frozen_stats)
-        return jax.nn.relu(x + y)
+        return rectify(x + y, self.relu)
 
 
 class Stem(nnx.Module):
     def __init__(self, cin, cout, *, rngs):
         self.conv = nnx.Conv(cin, cout, (3, 3), use_bias=False, rngs=rngs)
         self.bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+        self.relu = True
 
     def __call__(self, x, train):
-        return jax.nn.relu(self.bn(self.conv(x), use_running_average=not train))
+        return rectify(self.bn(self.conv(x), use_running_average=not train), self.relu)
 
 
 def _resnet(image_shape, num_classes, widths, blocks_per_stage, *, rngs):

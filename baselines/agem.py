@@ -7,9 +7,11 @@ memory whose loss may not rise; each step's gradient on new data is projected wh
 Each step draws ``train.batch_size`` new examples and ``memory_batch_size`` memory examples (as
 replay does). The step's gradient g is that of the new examples' loss alone; the reference g_ref
 that of the memory examples' loss. When g . g_ref < 0 (the step would raise the memory's loss to
-first order) the step uses g - (g . g_ref / g_ref . g_ref) g_ref, else g (the paper's eq. 11;
-cil/training.py ``project_away_from``). The memory is replay's (``replay``-style fields:
-exemplars, selection, class_balanced, memory_batch_size); the first task trains plainly.
+first order) the step uses g - (g . g_ref / g_ref . g_ref) g_ref, else g (the paper's eq. 11):
+GEM's projection (baselines/gem.py, cil/training.py ``MemoryConstraints``) with the whole memory
+as its one group, where the dual's solution is that closed form. The memory is replay's
+(``replay``-style fields: exemplars, selection, class_balanced, memory_batch_size); the first task
+trains plainly.
 
 Read against the paper (PyCIL has GEM, not A-GEM):
 - The paper's memory holds a fixed number of examples per task, filled at the end of each task;
@@ -17,22 +19,24 @@ Read against the paper (PyCIL has GEM, not A-GEM):
   per class seen: with equal classes per task that is the same split.
 - The paper's reference batch (256) is drawn from the whole memory at every step; so is cil's
   (``memory_batch_size``, default ``train.batch_size``).
-- Both gradients are taken over the step's whole batch, each loss weighing the other's examples
-  0: a step costs two forward and backward passes, and with BatchNorm the batch statistics mix new
-  and memory examples (the paper's networks have none).
-- GEM (one constraint per past task, a quadratic program per step) is not implemented.
+- Both gradients come from one forward pass over the step's whole batch (new and memory examples),
+  each loss weighing the other's examples 0: with BatchNorm the batch statistics mix new and
+  memory examples (the paper's networks have none).
 
 Memory: the network and the episodic memory, as replay.
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from baselines.replay import Replay
-from cil.training import Objective
+from cil.training import MemoryConstraints, Objective
 
 
 class AGEM(Replay):
     name = "agem"
 
     def replay_objective(self) -> Objective:
-        return Objective(project_on_memory=True)
+        one_group = jnp.zeros(self.spec.num_classes, jnp.int32)
+        return Objective(memory_constraints=MemoryConstraints(one_group, num_groups=1))

@@ -53,11 +53,12 @@ import optax
 from flax import nnx
 
 from baselines.replay import Replay
+from baselines.wa import weighted_distillation
 from cil import parallel
 from cil.fields import Field, Integer, Number, OneOf
 from cil.strategy import Learned, StreamSpec
-from cil.training import (Distillation, Objective, make_optimizer, mask_unseen, seen_class_xent,
-                          set_hyperparameters, shuffled_order)
+from cil.training import (make_optimizer, mask_unseen, seen_class_xent, set_hyperparameters,
+                          shuffled_order, weighted_mean)
 
 VARIANTS = ("paper", "pycil")
 LOGITS_BATCH = 1024  # validation logits are computed this many images at a time
@@ -92,10 +93,7 @@ class BiC(Replay):
 
     def model(self, spec: StreamSpec, seed) -> nnx.Module:
         model = super().model(spec, seed)
-        task_of_class = np.zeros(spec.num_classes, int)
-        for span in spec.tasks:
-            task_of_class[list(span.classes)] = span.index
-        model.correct_bias(tuple(task_of_class))
+        model.correct_bias(spec.task_of_class)
         return model
 
     def learn(self, state, task, key):
@@ -116,9 +114,8 @@ class BiC(Replay):
         student = teacher
         if self.config.strategy.variant == "paper":  # the last task's correction stays with it
             student = self.with_correction(teacher, identity_correction(self.spec.num_tasks))
-        kept = num_old / num_seen
-        objective = Objective(xent_weight=1.0 - kept, distill=Distillation(
-            teacher, num_old, temperature=self.config.strategy.temperature, weight=kept))
+        objective = weighted_distillation(teacher, num_old, num_seen,
+                                          self.config.strategy.temperature)
         net, buffer, trained = self.fit_with_exemplars(
             {**state, "net": student}, task, fit_key, objective,
             train_rows=(np.flatnonzero(~task_held), np.flatnonzero(~exemplar_held)))
@@ -196,7 +193,7 @@ def fit_correction(optimizer, batch_size: int, double_softmax: bool, logits, lab
         if double_softmax:  # PyCIL: cross_entropy(softmax(logits)), so a softmax twice
             z = jax.nn.softmax(mask_unseen(z, num_seen))
         per_example = seen_class_xent(z, labels[rows], num_seen)
-        return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        return weighted_mean(per_example, weights)
 
     def epoch(e, carry):
         order = shuffled_order(jax.random.fold_in(key, e), size, logits.shape[0])

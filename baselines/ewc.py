@@ -42,7 +42,7 @@ from baselines.finetune import Finetune
 from baselines.lwf import XENT_CLASSES, first_class
 from cil.fields import Field, Number, Optional
 from cil.strategy import Learned, pytree_bytes
-from cil.training import Objective, ParameterPenalty, seen_class_xent
+from cil.training import Objective, ParameterPenalty, seen_class_xent, weighted_mean
 
 
 class EWC(Finetune):
@@ -107,7 +107,7 @@ def batch_fisher(graphdef, total, net, images, labels, weights, num_seen):
         model = nnx.merge(graphdef, params, net["model_state"], copy=True)
         per_example = seen_class_xent(model(images, train=True), labels.astype(jnp.int32),
                                       num_seen)
-        return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        return weighted_mean(per_example, weights)
 
     grads = jax.grad(loss)(net["params"])
     return jax.tree.map(lambda t, g: t + jnp.square(g), total, grads)

@@ -57,14 +57,20 @@ class WA(Replay):
         num_old, num_seen = task.classes[0], task.classes[-1] + 1
         objective = None
         if num_old:
-            kept = num_old / num_seen
-            objective = Objective(xent_weight=1.0 - kept, distill=Distillation(
-                state["net"], num_old, temperature=self.config.strategy.temperature,
-                weight=kept))
+            objective = weighted_distillation(state["net"], num_old, num_seen,
+                                              self.config.strategy.temperature)
         net, buffer, trained = self.fit_with_exemplars(state, task, key, objective)
         if num_old:
             net = align_weights(self._trainer.graphdef, net, num_old, num_seen)
         return Learned({**state, "net": net, "buffer": buffer}, trained)
+
+
+def weighted_distillation(teacher, num_old: int, num_seen: int, temperature: float) -> Objective:
+    """(1 - l) x cross-entropy over the seen classes + l x KD(old classes) from ``teacher``,
+    l = old / seen classes: WA's and BiC's loss (PyCIL's kd_lambda, BiC's n / (n + m))."""
+    kept = num_old / num_seen
+    return Objective(xent_weight=1.0 - kept, distill=Distillation(
+        teacher, num_old, temperature=temperature, weight=kept))
 
 
 @functools.partial(jax.jit, static_argnums=0)

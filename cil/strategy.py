@@ -70,6 +70,15 @@ class StreamSpec:
         return len(self.tasks)
 
     @property
+    def task_of_class(self) -> tuple[int, ...]:
+        """The index of the task that brings each class (classes are numbered in stream order)."""
+        task = [0] * self.num_classes
+        for span in self.tasks:
+            for c in span.classes:
+                task[c] = span.index
+        return tuple(task)
+
+    @property
     def image_bytes(self) -> int:
         return int(np.prod(self.image_shape))  # images are stored as uint8
 

@@ -350,6 +350,27 @@ class PooledOutputsDistillation:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class MemoryConstraints:
+    """GEM and A-GEM: a step trains on its new examples only, and their gradient g is replaced by
+    the z closest to it with z . g_k >= 0 for the gradient g_k of each group k of the step's
+    memory examples, so that no group's loss rises to first order (Lopez-Paz and Ranzato 2017,
+    eq. 10-13; ``project_onto_memory``). A-GEM (Chaudhry et al. 2019, eq. 11) is one group
+    holding the whole memory: the same problem, solved by its closed-form projection.
+
+    ``group_of_class[c]`` is the group of class c's examples (GEM: its task). With
+    ``within_group`` every example's loss is the cross-entropy over its own group's classes (GEM's
+    per-task losses: the new examples' over the new task's classes), else over the seen classes.
+    A parameter penalty is not combined with them (no method asks for both).
+    """
+
+    group_of_class: jax.Array  # (num_classes,) int
+    num_groups: int = dataclasses.field(metadata={"static": True})
+    within_group: bool = dataclasses.field(default=False, metadata={"static": True})
+    margin: float | jax.Array = 0.0  # the dual's lower bound (GEM's code: memory_strength)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class Objective:
     """What one task's steps minimise: ``xent_weight`` x cross-entropy over classes
     [``first_class``, num_seen), plus the distillation and penalty terms when given.
@@ -367,9 +388,7 @@ class Objective:
     xent_weight: float | jax.Array = 1.0
     distill: Distillation | None = None
     penalty: ParameterPenalty | None = None
-    # A-GEM: train on the new examples only, their gradient projected so that it does not raise
-    # the loss on the step's memory examples (``project_on_memory``).
-    project_on_memory: bool = dataclasses.field(default=False, metadata={"static": True})
+    memory_constraints: MemoryConstraints | None = None  # GEM, A-GEM
     pod: PooledOutputsDistillation | None = None
     trainable: dict | None = None
 
@@ -386,21 +405,59 @@ class Objective:
         if pod is not None:
             pod = dataclasses.replace(pod, spatial_weight=jnp.float32(pod.spatial_weight),
                                       flat_weight=jnp.float32(pod.flat_weight))
+        constraints = self.memory_constraints
+        if constraints is not None:
+            constraints = dataclasses.replace(
+                constraints, group_of_class=jnp.asarray(constraints.group_of_class, jnp.int32),
+                margin=jnp.float32(constraints.margin))
         return dataclasses.replace(self, first_class=jnp.int32(self.first_class),
                                    xent_weight=jnp.float32(self.xent_weight), distill=distill,
-                                   penalty=penalty, pod=pod)
+                                   penalty=penalty, pod=pod, memory_constraints=constraints)
+
+
+def weighted_mean(values, weights):
+    """The mean of ``values`` weighted by ``weights`` (0 where every weight is 0)."""
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def tree_vdot(a, b):
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def project_away_from(grads, reference):
-    """A-GEM's projection (Chaudhry et al. 2019, eq. 11): ``grads`` when its dot product with
-    ``reference`` is non-negative, else ``grads`` minus its component along ``reference``."""
-    dot = tree_vdot(grads, reference)
-    scale = jnp.where(dot < 0, dot / jnp.maximum(tree_vdot(reference, reference), 1e-12), 0.0)
-    return jax.tree.map(lambda g, r: g - scale * r, grads, reference)
+# Gauss-Seidel sweeps over the groups in ``solve_memory_dual`` (tests/test_gem.py checks the
+# optimum against an exact solver).
+DUAL_SWEEPS = 50
+
+
+def solve_memory_dual(gram, dots, margin, sweeps: int = DUAL_SWEEPS):
+    """GEM's dual (Lopez-Paz and Ranzato 2017, eq. 13): the v >= ``margin`` that minimises
+    1/2 v'Pv + p'v, P = ``gram`` (K, K), p = ``dots`` (K,), by projected Gauss-Seidel: each
+    coordinate minimised exactly in turn, ``sweeps`` times over the K. Groups without a gradient
+    (a zero diagonal: no example of theirs in the step) keep v = 0. With one group and margin 0,
+    the first step is already exact: v = max(0, -p / P)."""
+    num_groups = dots.shape[0]
+    diagonal = jnp.diagonal(gram)
+    active = diagonal > 0
+
+    def coordinate(i, v):
+        k = i % num_groups
+        step = (gram[k] @ v + dots[k]) / jnp.where(active[k], diagonal[k], 1.0)
+        return v.at[k].set(jnp.where(active[k], jnp.maximum(margin, v[k] - step), 0.0))
+
+    start = jnp.where(active, margin, 0.0).astype(dots.dtype)
+    return jax.lax.fori_loop(0, sweeps * num_groups, coordinate, start)
+
+
+def project_onto_memory(grads, memory_grads, margin=0.0):
+    """GEM's step direction: ``grads`` + sum_k v_k ``memory_grads``[k] with v from
+    ``solve_memory_dual``, when some g . g_k < 0; else ``grads`` unchanged (as GEM's code: the
+    program is solved only on a conflict). ``memory_grads``: each leaf with a leading group axis."""
+    flat = [m.reshape(m.shape[0], -1) for m in jax.tree.leaves(memory_grads)]
+    gram = sum(m @ m.T for m in flat)
+    dots = sum(m @ g.reshape(-1) for m, g in zip(flat, jax.tree.leaves(grads)))
+    v = jax.lax.cond(jnp.any(dots < 0), lambda: solve_memory_dual(gram, dots, margin),
+                     lambda: jnp.zeros_like(dots))
+    return jax.tree.map(lambda g, m: g + jnp.tensordot(v, m, axes=1), grads, memory_grads)
 
 
 def shuffled_order(key, size, capacity: int):
@@ -544,16 +601,17 @@ class Trainer:
     def step(self, net, images, labels, weights, num_seen, objective: Objective | None = None,
              from_memory=None):
         """One optimisation step on a given batch (traceable; the epoch calls it per batch).
-        ``from_memory`` marks the batch's memory examples (only A-GEM's objective reads it)."""
+        ``from_memory`` marks the batch's memory examples (only GEM's and A-GEM's
+        ``MemoryConstraints`` read it)."""
         objective = objective or Objective()
-        distill, pod = objective.distill, objective.pod
+        distill, pod, constraints = objective.distill, objective.pod, objective.memory_constraints
         if distill is not None:
             teacher_logits = jax.lax.stop_gradient(self._logits_impl(distill.teacher, images))
         if pod is not None:
             teacher_activations = jax.lax.stop_gradient(
                 self._model(pod.teacher).activations(images, train=False))
 
-        def loss_of(params, weights):
+        def per_example_loss(params):
             model = nnx.merge(self.graphdef, self._in_compute_dtype(params), net["model_state"],
                               copy=True)
             inputs = self._inputs(model, images)
@@ -564,6 +622,9 @@ class Trainer:
                 logits = model.scores(activations[-1])
             logits = logits.astype(jnp.float32)
             own_classes = jnp.arange(logits.shape[-1]) >= objective.first_class
+            if constraints is not None and constraints.within_group:
+                groups = constraints.group_of_class
+                own_classes = own_classes & (groups[None, :] == groups[labels][:, None])
             per_example = objective.xent_weight * self.loss(
                 jnp.where(own_classes, logits, NEG_INF), labels, num_seen)
             if distill is not None:
@@ -571,23 +632,31 @@ class Trainer:
                     logits, teacher_logits, distill.num_classes, distill.temperature)
             if pod is not None:
                 per_example += pod(activations, teacher_activations)
-            loss = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-            if objective.penalty is not None:
-                loss += objective.penalty(params)
             _, model_state = nnx.split(model, nnx.Param, ...)[1:]
             # Running statistics stay at their own dtype whatever the compute dtype.
             model_state = jax.tree.map(lambda new, old: new.astype(old.dtype), model_state,
                                        net["model_state"])
+            return per_example, model_state
+
+        def loss_of(params):
+            per_example, model_state = per_example_loss(params)
+            loss = weighted_mean(per_example, weights)
+            if objective.penalty is not None:
+                loss += objective.penalty(params)
             return loss, model_state
 
-        value_and_grad = jax.value_and_grad(loss_of, has_aux=True)
-        if objective.project_on_memory:
-            in_memory = from_memory.astype(jnp.float32)
-            (loss, model_state), grads = value_and_grad(net["params"], weights * (1 - in_memory))
-            _, reference = value_and_grad(net["params"], weights * in_memory)
-            grads = project_away_from(grads, reference)
-        else:
-            (loss, model_state), grads = value_and_grad(net["params"], weights)
+        if constraints is None:
+            (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(net["params"])
+        else:  # one forward pass, a backward pass per group (vmapped), then the projection
+            per_example, backward, model_state = jax.vjp(per_example_loss, net["params"],
+                                                         has_aux=True)
+            gradient = lambda w: backward(w / jnp.maximum(jnp.sum(w), 1.0))[0]  # noqa: E731
+            new = weights * (1.0 - from_memory)
+            group = constraints.group_of_class[labels]
+            in_group = jnp.arange(constraints.num_groups)[:, None] == group[None, :]
+            memory_grads = jax.vmap(gradient)(in_group * (weights * from_memory)[None, :])
+            grads = project_onto_memory(gradient(new), memory_grads, constraints.margin)
+            loss = weighted_mean(per_example, new)
         updates, opt_state = self.optimizer.update(grads, net["opt_state"], net["params"])
         params = optax.apply_updates(net["params"], updates)
         if objective.trainable is not None:  # a select, not a zeroed update: -0.0 stays -0.0

@@ -9,7 +9,7 @@
     python run.py --config=configs/cifar.py:cifar100_b0inc10_smoke   # any of them + _smoke
 
 The recipe, as PyCIL sets it in models/finetune.py, replay.py, icarl.py, lwf.py, ewc.py, wa.py, bic.py
-and podnet.py
+podnet.py and gem.py
 (module constants, not its JSON files; read at commit 87cc411) and utils/data.py:
 - ResNet-32, SGD momentum 0.9, batch 128, multistep learning rate x0.1 at each milestone epoch,
   restarted at every task;
@@ -23,7 +23,8 @@ and podnet.py
   included (PyCIL trains its base task by the same recipe), then 20 epochs of class-balanced
   finetuning (the paper's: proxies only, lr 0.05; ``podnet.finetune="pycil"`` for PyCIL's);
   SimpleCIL trains task 0 only, by the shared task-0 recipe (PyCIL's own is a cosine schedule);
-  A-GEM (not in PyCIL) takes replay's recipe and memory batch;
+  A-GEM (not in PyCIL) takes replay's recipe and memory batch; GEM 100 epochs, milestones
+  30/60/80, herding exemplars;
 - 2,000 exemplars chosen by herding, class-balanced (PyCIL's memory_size 2000, fixed_memory false);
 - augmentation: RandomCrop(32, padding=4), RandomHorizontalFlip, ColorJitter(brightness=63/255),
   then Normalize with the dataset's channel means and standard deviations (``model.input_*``).
@@ -74,6 +75,7 @@ LATER_TASKS = {
     "wa": {"epochs": 170, "milestones": (60, 100, 140)},
     "agem": {"epochs": 70, "milestones": (30, 50)},  # PyCIL has no A-GEM: replay's recipe
     "bic": {"epochs": 170, "milestones": (60, 100, 140)},
+    "gem": {"epochs": 100, "milestones": (30, 60, 80)},
     "podnet": {"epochs": 160, "schedule": "cosine", "weight_decay": 5e-4,
                "first_task": {"epochs": 160, "schedule": "cosine"}},
 }
@@ -100,8 +102,9 @@ def get_config(arg: str | None = None):
     config.train.augment.update({"crop_padding": 4, "flip": "on", "brightness": 63 / 255})
     config.memory.exemplars = 2000
     config.strategies = ("finetune", "replay", "icarl", "lwf", "ewc", "wa", "simplecil", "agem",
-                         "bic", "podnet")
+                         "bic", "podnet", "gem")
     config.replay.update({"selection": "herding", "class_balanced": True})
+    config.gem.selection = "herding"  # PyCIL's rehearsal memory
     config.icarl.temperature = 2.0
     for name, recipe in LATER_TASKS.items():
         config[name].train = recipe

@@ -7,12 +7,13 @@ configs/fashion_mnist.py's setting (class order 0..9, MLP 784-400-400-10, SGD lr
 momentum, batch 128, seeds 0, 1, 2) with 5 epochs per task for every method, at one total budget
 of 6 MB (Zhou et al., section 4.4: every method keeps the same bytes). The budget is what EWC
 needs: its network, anchor parameters and Fisher, 3 x 1,913,640 bytes; the exemplar methods
-(replay, iCaRL, WA, BiC, PODNet) spend what their network leaves on exemplars (about 5,200 of 785 bytes); LwF
-and SimpleCIL keep no exemplars (their unused bytes are their loss, as in the survey's
-accounting); joint runs unbudgeted, as the upper bound. Each method's own settings are its
-defaults (LwF T=2, lambda 3; EWC lambda 1000; WA T=2; BiC T=2, 10% validation split, the
+(A-GEM, GEM, replay, iCaRL, WA, BiC, PODNet) spend what their network leaves on exemplars (about
+5,200 of 785 bytes); LwF and SimpleCIL keep no exemplars (their unused bytes are their loss, as in
+the survey's accounting); joint runs unbudgeted, as the upper bound. Each method's own settings
+are its defaults (LwF T=2, lambda 3; EWC lambda 1000; WA T=2; BiC T=2, 10% validation split, the
 paper's variant; PODNet 10 proxies, POD weights 5 / 1, the paper's NCA, imprinting and
-finetuning; iCaRL nearest mean of exemplars).
+finetuning; GEM one constraint per past task, losses within each task, margin 0; iCaRL nearest
+mean of exemplars).
 """
 
 import ml_collections
@@ -20,8 +21,8 @@ import ml_collections
 from configs import fashion_mnist
 from configs.common import SMOKE_SEEDS, check_arg
 
-STRATEGIES = ("finetune", "lwf", "ewc", "agem", "replay", "icarl", "wa", "bic", "podnet",
-              "simplecil", "joint")
+STRATEGIES = ("finetune", "lwf", "ewc", "agem", "gem", "replay", "icarl", "wa", "bic",
+              "podnet", "simplecil", "joint")
 
 
 def get_config(arg: str | None = None):

@@ -1,5 +1,5 @@
-"""The survey's single-network methods (LwF, EWC, WA, SimpleCIL, A-GEM; BiC's arithmetic in
-test_bic.py): their arithmetic against hand computations, and their behaviour on a small stream
+"""The survey's single-network methods (LwF, EWC, WA, SimpleCIL, A-GEM, BiC, GEM; BiC's, GEM's
+and PODNet's arithmetic in their own files): their arithmetic against hand computations, and their behaviour on a small stream
 against finetune's."""
 
 import jax
@@ -10,11 +10,11 @@ import pytest
 
 from flax import nnx
 
-from baselines.wa import align_weights
+from baselines.wa import align_weights, weighted_distillation
 from cil import experiment, models
 from cil.experiment import stream_spec
 from cil.strategy import load_strategy
-from cil.training import (Objective, ParameterPenalty, project_away_from, seen_class_xent,
+from cil.training import (Objective, ParameterPenalty, project_onto_memory, seen_class_xent,
                           tree_vdot)
 from tests.helpers import tiny_config, tiny_stream
 
@@ -129,6 +129,18 @@ def test_lwf_and_wa_distil_from_the_network_the_task_starts_from():
     assert objective.first_class == 2 and objective.distill.num_classes == 2
     assert objective.distill.teacher is state["net"]
     assert objective.distill.temperature == 2.0 and objective.distill.weight == 3.0
+    # WA (and BiC): the task's starting network, weighted by the old classes' share, 3 of 4 here.
+    objective = weighted_distillation(state["net"], 3, 4, temperature=2.0)
+    assert objective.distill.teacher is state["net"] and objective.distill.num_classes == 3
+    assert objective.distill.weight == 0.75 and objective.xent_weight == 0.25
+    assert objective.first_class == 0  # the cross-entropy over every seen class
+    # The teacher stays frozen through the task's training (whose steps donate their buffers).
+    teacher = [np.asarray(x).copy() for x in jax.tree.leaves(state["net"])]
+    learned = lwf.learn(state, stream.train_task(1), jax.random.key(1)).state
+    assert any(not np.array_equal(a, np.asarray(b))
+               for a, b in zip(teacher, jax.tree.leaves(learned["net"])))
+    for before, after in zip(teacher, jax.tree.leaves(state["net"])):
+        np.testing.assert_array_equal(before, np.asarray(after))
 
 
 def test_simplecil_prototypes_are_the_class_means_of_the_frozen_features():
@@ -156,7 +168,8 @@ def old_task_accuracy(summary) -> float:
 def test_each_method_keeps_more_of_the_old_tasks_than_finetune(tmp_path):
     # Split-Digits, 5 tasks of 10 epochs at lr 0.2: finetune keeps nothing of tasks 1-4 (0.00
     # measured). Measured with seed 0 (2026-12-03): LwF 0.52, EWC 0.69, WA 0.36, SimpleCIL 0.84,
-    # BiC 0.93; each bar sits well below its method and well above finetune, and a method whose
+    # BiC 0.93, GEM 0.64 (one constraint per past task, where A-GEM's single one keeps 0.0 here);
+    # each bar sits well below its method and well above finetune, and a method whose
     # mechanism did nothing (no distillation, no penalty, no exemplars, prototypes that move)
     # falls to finetune's 0.0 on this stream. A-GEM keeps little after five tasks in the class-incremental
     # setting (0.0 here; Buzzega et al. 2020 find it near finetune on Seq-CIFAR-10), so it is held
@@ -164,13 +177,14 @@ def test_each_method_keeps_more_of_the_old_tasks_than_finetune(tmp_path):
     config = tiny_config()
     config.train.update({"epochs": 10, "learning_rate": 0.2})
     config.memory.exemplars = 200
-    config.strategies = ("finetune", "lwf", "ewc", "wa", "simplecil", "agem", "bic")
+    config.strategies = ("finetune", "lwf", "ewc", "wa", "simplecil", "agem", "bic", "gem")
     config.seeds = (0,)
     summaries = {s["strategy"]: s for s in experiment.run_experiment(config, str(tmp_path),
                                                                      progress=lambda _: None)}
     kept = {name: old_task_accuracy(s) for name, s in summaries.items()}
     assert kept["finetune"] < 0.1, kept
-    for name, bar in (("lwf", 0.25), ("ewc", 0.25), ("wa", 0.2), ("simplecil", 0.5), ("bic", 0.5)):
+    for name, bar in (("lwf", 0.25), ("ewc", 0.25), ("wa", 0.2), ("simplecil", 0.5), ("bic", 0.5),
+                      ("gem", 0.3)):
         assert kept[name] > kept["finetune"] + bar, (name, kept)
     first_task_after_second = {n: s["acc_matrix"][1][0] for n, s in summaries.items()}
     assert first_task_after_second["agem"] > first_task_after_second["finetune"] + 0.3, (
@@ -179,10 +193,11 @@ def test_each_method_keeps_more_of_the_old_tasks_than_finetune(tmp_path):
 
 def test_agem_projection_by_hand():
     grads, reference = {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([-1.0, 1.0])}
+    one_group = jax.tree.map(lambda r: r[None], reference)  # GEM's projection, one constraint
     # g . r = -1 < 0: g - (-1 / 2) r = (0.5, 0.5), orthogonal to r.
-    np.testing.assert_allclose(project_away_from(grads, reference)["w"], [0.5, 0.5])
+    np.testing.assert_allclose(project_onto_memory(grads, one_group)["w"], [0.5, 0.5])
     agreeing = {"w": jnp.array([1.0, 3.0])}  # g . r = 2 >= 0: unchanged
-    np.testing.assert_allclose(project_away_from(agreeing, reference)["w"], [1.0, 3.0])
+    np.testing.assert_allclose(project_onto_memory(agreeing, one_group)["w"], [1.0, 3.0])
 
 
 def test_an_agem_step_never_raises_the_memory_loss_to_first_order():
@@ -208,7 +223,7 @@ def test_an_agem_step_never_raises_the_memory_loss_to_first_order():
 
     reference = jax.grad(memory_loss)(trained["params"])
     along_reference = {}
-    for name, objective in (("plain", Objective()), ("agem", Objective(project_on_memory=True))):
+    for name, objective in (("plain", Objective()), ("agem", strategy.replay_objective())):
         net = trainer.init(trained["params"], trained["model_state"])
         # The plain step on the new examples alone: the gradient A-GEM starts from.
         weights = 1.0 - memory_weights if name == "plain" else jnp.ones(16)

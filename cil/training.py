@@ -433,9 +433,10 @@ def solve_memory_dual(gram, dots, margin, sweeps: int = DUAL_SWEEPS):
     """GEM's dual (Lopez-Paz and Ranzato 2017, eq. 13): the v >= ``margin`` that minimises
     1/2 v'Pv + p'v, P = ``gram`` (K, K), p = ``dots`` (K,), by projected Gauss-Seidel: each
     coordinate minimised exactly in turn, ``sweeps`` times over the K. Groups without a gradient
-    (a zero diagonal: no example of theirs in the step) keep v = 0. With one group and margin 0,
-    the first step is already exact: v = max(0, -p / P)."""
+    (a zero diagonal: no example of theirs in the step) keep v = 0. One group (A-GEM) takes one
+    step, which is exact: v = max(margin, -p / P)."""
     num_groups = dots.shape[0]
+    sweeps = sweeps if num_groups > 1 else 1
     diagonal = jnp.diagonal(gram)
     active = diagonal > 0
 

@@ -30,7 +30,8 @@ Read against the paper, the authors' code (facebookresearch/GradientEpisodicMemo
   ``train.batch_size``, spread over the past tasks), with one forward pass and one vmapped
   backward pass per task. A task with no exemplar in a step's batch has no constraint that step.
 - The dual is solved to a fixed number of sweeps (``DUAL_SWEEPS``), not by quadprog's exact
-  active-set method; tests/test_gem.py checks it against an exact solution.
+  active-set method; tests/test_gem.py checks it against an exact solution. A step costs one
+  forward pass and one backward pass per past task (T - 1 groups of gradients held at once).
 - The memory is replay's class-balanced buffer (selection as ``replay``'s fields; PyCIL herds);
   the paper keeps a fixed number of the latest examples per task.
 
@@ -61,6 +62,8 @@ class GEM(Replay):
 
     def replay_objective(self) -> Objective:
         cfg = self.config.strategy
+        # The last task's exemplars never train anything: one group per task before it.
         return Objective(memory_constraints=MemoryConstraints(
-            jnp.asarray(self.spec.task_of_class, jnp.int32), num_groups=self.spec.num_tasks,
-            within_group=cfg.within_task, margin=cfg.margin))
+            jnp.asarray(self.spec.task_of_class, jnp.int32),
+            num_groups=max(self.spec.num_tasks - 1, 1), within_group=cfg.within_task,
+            margin=cfg.margin))

@@ -14,7 +14,8 @@ removed. Each task:
    plus, after the first task, with f = sqrt(seen classes / new classes) (0 on task 0),
    f x spatial_weight x POD-spatial + f x flat_weight x POD-flat against the network the task
    starts from (cil/training.py ``PooledOutputsDistillation``). The old classes' proxies are
-   frozen: their updates are masked after the optimiser (``Objective.trainable``), so neither
+   frozen, and so are the classes not seen yet: their updates are masked after the optimiser
+   (``Objective.trainable``), so neither
    weight decay nor momentum moves them. The new classes' proxies start as the k-means centres
    of their normalised features (``new_proxies="imprint"``) or as drawn at initialisation;
 2. offers the task's data to the memory (herding, class-balanced), then, after the first task,
@@ -103,12 +104,15 @@ def pycil_nca_loss(logits, labels, num_seen):
     return jax.nn.logsumexp(jnp.where(is_label, 0.0, scores), axis=-1) - positive
 
 
-def trainable_mask(params, first_free_proxy, others: bool):
-    """``Objective.trainable`` for PODNet: the head's proxies from row ``first_free_proxy`` on,
-    and every other parameter (backbone, scale) when ``others``; one structure for every task."""
+def trainable_mask(params, first_free_proxy, end_free_proxy, others: bool):
+    """``Objective.trainable`` for PODNet: the head's proxy rows [first_free_proxy,
+    end_free_proxy), and every other parameter (backbone, scale) when ``others``; one structure
+    for every task. The classes not seen yet stay frozen too: their scores are masked, so weight
+    decay alone would shrink their proxies towards 0 before their task comes."""
     def leaf(path, param):
         if [getattr(k, "key", None) for k in path[:2]] == ["head", "proxies"]:
-            return jnp.arange(param.shape[0])[:, None] >= first_free_proxy
+            rows = jnp.arange(param.shape[0])[:, None]
+            return (rows >= first_free_proxy) & (rows < end_free_proxy)
         return jnp.asarray(others)
 
     return jax.tree_util.tree_map_with_path(leaf, params)
@@ -195,23 +199,26 @@ class PODNet(ICaRL):
             return pycil_nca_loss
         return functools.partial(nca_loss, margin=self.config.strategy.margin)
 
-    def trainable(self, first_free_proxy: int, others: bool):
+    def trainable(self, first_free_proxy: int, end_free_proxy: int, others: bool):
         """``trainable_mask`` of this strategy's network, replicated on the mesh."""
         params = nnx.split(self.abstract_network(self.spec), nnx.Param, ...)[1]
-        mask = trainable_mask(params, jnp.int32(first_free_proxy), others)
+        mask = trainable_mask(params, jnp.int32(first_free_proxy), jnp.int32(end_free_proxy),
+                              others)
         return parallel.replicate(self._trainer.mesh, mask)
 
     def learn(self, state, task, key):
         num_old, num_seen = task.classes[0], task.classes[-1] + 1
         fit_key, proxy_key, tune_key = jax.random.split(key, 3)
-        objective = None
+        cfg = self.config.strategy
+        seen_rows = num_seen * cfg.proxies_per_class
+        objective = Objective(trainable=self.trainable(0, seen_rows, others=True))
         if num_old:
-            cfg = self.config.strategy
             factor = math.sqrt(num_seen / (num_seen - num_old))
             pod = PooledOutputsDistillation(state["net"], cfg.spatial_weight * factor,
                                             cfg.flat_weight * factor)
             old_rows = num_old * cfg.proxies_per_class
-            objective = Objective(pod=pod, trainable=self.trainable(old_rows, others=True))
+            objective = Objective(pod=pod, trainable=self.trainable(old_rows, seen_rows,
+                                                                    others=True))
             state = {**state, "net": self.new_proxies(state["net"], task, proxy_key)}
         net, buffer, trained = self.fit_with_exemplars(state, task, fit_key, objective)
         if num_old and self.config.strategy.finetune_epochs:
@@ -238,7 +245,9 @@ class PODNet(ICaRL):
         cfg = self.config.strategy
         default_lr, schedule = FINETUNE_RECIPES[cfg.finetune]
         if cfg.finetune == "paper":  # every proxy, nothing else (not the scale)
-            objective = Objective(pod=objective.pod, trainable=self.trainable(0, others=False))
+            objective = Objective(pod=objective.pod,
+                                  trainable=self.trainable(0, num_seen * cfg.proxies_per_class,
+                                                           others=False))
         kept = jax.device_get(buffer)
         size = int(kept.size)
         data = self._trainer.put(kept.images[:size], kept.labels[:size].astype(np.int32))

@@ -360,7 +360,7 @@ class MemoryConstraints:
     ``group_of_class[c]`` is the group of class c's examples (GEM: its task). With
     ``within_group`` every example's loss is the cross-entropy over its own group's classes (GEM's
     per-task losses: the new examples' over the new task's classes), else over the seen classes.
-    A parameter penalty is not combined with them (no method asks for both).
+    A parameter penalty cannot be combined with them (no method asks for both; ``traced`` refuses).
     """
 
     group_of_class: jax.Array  # (num_classes,) int
@@ -406,6 +406,9 @@ class Objective:
             pod = dataclasses.replace(pod, spatial_weight=jnp.float32(pod.spatial_weight),
                                       flat_weight=jnp.float32(pod.flat_weight))
         constraints = self.memory_constraints
+        if constraints is not None and self.penalty is not None:
+            raise ValueError("an Objective cannot combine memory constraints with a parameter "
+                             "penalty: the constrained step does not add the penalty")
         if constraints is not None:
             constraints = dataclasses.replace(
                 constraints, group_of_class=jnp.asarray(constraints.group_of_class, jnp.int32),
@@ -424,8 +427,10 @@ def tree_vdot(a, b):
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-# Gauss-Seidel sweeps over the groups in ``solve_memory_dual`` (tests/test_gem.py checks the
-# optimum against an exact solver).
+# Gauss-Seidel sweeps over the groups in ``solve_memory_dual``. A fixed count, no convergence
+# test: with nearly parallel task gradients Gauss-Seidel converges slowly and can stop short of
+# the exact projection; tests/test_gem.py checks four moderately correlated tasks against an
+# exact solver.
 DUAL_SWEEPS = 50
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from baselines.podnet import imprint, kmeans, nca_loss, pycil_nca_loss
+from baselines.podnet import imprint, kmeans, nca_loss, pycil_nca_loss, trainable_mask
 from cil import experiment, models
 from cil.experiment import stream_spec
 from cil.strategy import load_strategy
@@ -184,6 +184,18 @@ def test_old_proxies_are_bitwise_unchanged_by_a_later_tasks_training(after_two_t
     assert "['head']['scale'].value" in moved and len(moved) == len(before), moved
 
 
+def test_only_the_seen_new_proxies_are_free():
+    # Rows [4, 8) free; the old ones and the classes not seen yet frozen (weight decay would
+    # otherwise shrink the unseen classes' proxies before their task comes).
+    params = {"head": {"proxies": jnp.zeros((12, 3)), "scale": jnp.ones(())},
+              "stages": {"w": jnp.zeros((2, 2))}}
+    mask = trainable_mask(params, 4, 8, others=False)
+    np.testing.assert_array_equal(np.asarray(mask["head"]["proxies"])[:, 0],
+                                  [False] * 4 + [True] * 4 + [False] * 4)
+    assert not bool(mask["head"]["scale"]) and not bool(mask["stages"]["w"])
+    assert bool(trainable_mask(params, 4, 8, others=True)["stages"]["w"])
+
+
 @pytest.mark.parametrize("variant", ["paper", "pycil"])
 def test_finetuning_moves_only_what_its_variant_trains(after_two_tasks, variant):
     strategy, first, second = after_two_tasks
@@ -191,7 +203,7 @@ def test_finetuning_moves_only_what_its_variant_trains(after_two_tasks, variant)
     k = strategy.config.strategy.proxies_per_class
     # The objective of the second task's main training, as learn builds it.
     objective = Objective(pod=PooledOutputsDistillation(first["net"], 5.0, 1.0),
-                          trainable=strategy.trainable(2 * k, others=True))
+                          trainable=strategy.trainable(2 * k, 4 * k, others=True))
     tuned, trained = strategy.balanced_finetuning(second["net"], second["buffer"], objective, 1,
                                                   4, jax.random.key(3))
     assert trained == 20 * 2  # the 20 exemplars of 4 classes, twice

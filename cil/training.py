@@ -423,10 +423,6 @@ def weighted_mean(values, weights):
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def tree_vdot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 # Gauss-Seidel sweeps over the groups in ``solve_memory_dual``. A fixed count, no convergence
 # test: with nearly parallel task gradients Gauss-Seidel converges slowly and can stop short of
 # the exact projection; tests/test_gem.py checks four moderately correlated tasks against an

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -41,3 +43,8 @@ def blobs_dataset(num_classes=4, per_class=20, shape=(4, 4, 1), seed=0) -> Datas
 def tiny_stream(num_classes=4, increment=2, **kwargs) -> streams.Stream:
     return streams.make_stream(blobs_dataset(num_classes, **kwargs), 0, increment,
                                explicit_order=list(range(num_classes)))
+
+
+def tree_vdot(a, b):
+    """The dot product of two pytrees of the same structure, leaf by leaf, summed."""
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

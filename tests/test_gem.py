@@ -12,7 +12,7 @@ from flax import nnx
 from cil.experiment import stream_spec
 from cil.strategy import load_strategy
 from cil.training import NEG_INF, project_onto_memory, seen_class_xent, solve_memory_dual
-from tests.helpers import tiny_stream
+from tests.helpers import tiny_stream, tree_vdot
 from tests.test_survey_methods import linear_config
 
 
@@ -95,9 +95,7 @@ def test_a_gem_step_raises_no_past_tasks_loss_with_losses_within_each_task():
         stepped, loss = jax.jit(trainer.step)(net, images, labels, weights, jnp.int32(6),
                                               objective if name == "gem" else None, from_memory)
         update = jax.tree.map(lambda a, b: a - b, stepped["params"], trained["params"])
-        along[name] = [float(jax.tree_util.tree_reduce(
-            lambda s, x: s + x, jax.tree.map(lambda u, r: jnp.vdot(u, r), update, ref)))
-            for ref in references]
+        along[name] = [float(tree_vdot(update, ref)) for ref in references]
         if name == "gem":  # the reported loss: the new examples' over the new task's classes
             np.testing.assert_allclose(float(loss), float(task_loss(trained["params"], 2)),
                                        rtol=1e-5)

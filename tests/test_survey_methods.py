@@ -14,9 +14,8 @@ from baselines.wa import align_weights, weighted_distillation
 from cil import experiment, models
 from cil.experiment import stream_spec
 from cil.strategy import load_strategy
-from cil.training import (Objective, ParameterPenalty, project_onto_memory, seen_class_xent,
-                          tree_vdot)
-from tests.helpers import tiny_config, tiny_stream
+from cil.training import Objective, ParameterPenalty, project_onto_memory, seen_class_xent
+from tests.helpers import tiny_config, tiny_stream, tree_vdot
 
 
 def linear_config(**settings):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cil import evaluation, models, parallel, training
+from cil import evaluation, models, monitor, parallel, training
 from cil.data import sources, stream as streams
 from cil.errors import ConfigError, DivergenceError, RunError
 from cil.fields import Field, Flag, Integer, OneOf, Sequence, check
@@ -48,6 +48,7 @@ def fields() -> dict:
                                            distinct=True), "one run per strategy and seed"),
         "eval_batch_size": Field(1000, Integer(min=1), "test images per prediction call"),
         "checkpoint": Field(True, Flag(), "save the state after every task, to resume"),
+        "monitor": monitor.FIELDS,
     }
 
 
@@ -100,7 +101,7 @@ def stream_identity(config, stream: streams.Stream) -> dict:
 def run_config(name: str, config) -> dict:
     """The settings one strategy's run depends on (its own section, model, training, memory...)."""
     merged = strategy_config(name, config).to_dict()
-    for key in ("strategies", "seeds", *available_strategies()):
+    for key in ("strategies", "seeds", "monitor", *available_strategies()):
         merged.pop(key, None)
     return merged
 
@@ -178,6 +179,8 @@ class RunLoop:
         # The checkpoint before the latest: where a run resumes if the latest is damaged.
         self.previous_path = self.checkpoint_path.with_suffix(".previous.pkl")
         self.tag = f"[{header['strategy']} seed {header['seed']}]"
+        self.logdir = (workdir / "tensorboard"
+                       / f"{header['strategy']}_seed{header['seed']}_{header['run_id'][:8]}")
 
     def run(self, settings: dict) -> dict:
         init_key, tasks_key = jax.random.split(jax.random.key(self.header["seed"]))
@@ -192,13 +195,19 @@ class RunLoop:
         # Each invocation is an attempt: task lines name theirs; the summary lists all of them.
         progress["attempt"] = uuid.uuid4().hex[:8]
         progress["attempts"].append(progress["attempt"])
-        for t in range(progress["next_task"], self.stream.num_tasks):
-            state, record = self._task(state, t, jax.random.fold_in(tasks_key, t), progress)
-            progress["rows"].append(record["acc_row"])
-            progress["A"].append(record["A"])
-            progress["tasks"].append(record)
-            progress["next_task"] = t + 1
-            self._save_checkpoint(progress, state)
+        self.monitor = monitor.Monitor(self.config.monitor, self.tag, self.logdir, self.progress,
+                                       progress.get("epochs_trained", 0))
+        try:
+            for t in range(progress["next_task"], self.stream.num_tasks):
+                state, record = self._task(state, t, jax.random.fold_in(tasks_key, t), progress)
+                progress["rows"].append(record["acc_row"])
+                progress["A"].append(record["A"])
+                progress["tasks"].append(record)
+                progress["next_task"] = t + 1
+                progress["epochs_trained"] = self.monitor.epochs_trained
+                self._save_checkpoint(progress, state)
+        finally:
+            self.monitor.close()
         summary = self._summary(progress, settings)
         self.writer.append(summary)
         self.checkpoint_path.unlink(missing_ok=True)
@@ -210,7 +219,7 @@ class RunLoop:
 
     def _task(self, state, t, key, progress):
         task = self.stream.train_task(t)
-        with Stopwatch() as train_watch:
+        with Stopwatch() as train_watch, self.monitor.task(t, self.stream.num_tasks):
             try:
                 learned = self.strategy.learn(state, task, key)
             except DivergenceError as error:
@@ -236,6 +245,7 @@ class RunLoop:
             "compile_seconds": train_watch.compile_seconds + eval_watch.compile_seconds,
         }
         self.writer.append(record)
+        self.monitor.task_done(t, row, A_t, record["charged_bytes"] / 1e6)
         rate = learned.trained_examples / max(train_watch.seconds, 1e-9)
         self.progress(f"{self.tag} task {t + 1}/{self.stream.num_tasks}: A {A_t:.4f}  "
                       f"a {' '.join(f'{a:.2f}' for a in row)}  train {train_watch.seconds:.2f}s "

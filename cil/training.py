@@ -69,7 +69,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cil import parallel
+from cil import monitor, parallel
 from cil.data import augment
 from cil.errors import ConfigError, DivergenceError
 from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence, check
@@ -549,12 +549,17 @@ class Trainer:
             memory: MemoryBatches | None = None, objective: Objective | None = None,
             progress: Callable[[int, float], None] | None = None) -> tuple[dict, int]:
         """Trains ``net`` by ``schedule`` (``self.schedule(task.index)``) from a fresh optimiser
-        state; ``progress(epoch, mean loss)`` is called after each epoch when given. A loss that
+        state; ``progress(epoch, mean loss)`` is called after each epoch when given, and the
+        run's monitor (cil/monitor.py) hears of every epoch. A loss that
         is not finite stops training with a DivergenceError naming the epoch and learning rate.
 
         Returns the trained ``{"params", "model_state"}`` and the number of examples trained on,
         epochs counted, memory examples included.
         """
+        size = int(data.size)
+        per_epoch = size
+        if memory is not None:
+            per_epoch += self.steps_per_epoch(size) * min(memory.batch_size, int(memory.data.size))
         train_net = self.init(net["params"], net["model_state"])
         for epoch, lr in enumerate(schedule.learning_rates):
             key, epoch_key = jax.random.split(key)
@@ -567,10 +572,7 @@ class Trainer:
                                       f"lower the learning rate")
             if progress is not None:
                 progress(epoch, loss)
-        size = int(data.size)
-        per_epoch = size
-        if memory is not None:
-            per_epoch += self.steps_per_epoch(size) * min(memory.batch_size, int(memory.data.size))
+            monitor.epoch_done(epoch, schedule.epochs, loss, float(lr), per_epoch)
         trained = {"params": train_net["params"], "model_state": train_net["model_state"]}
         return trained, per_epoch * schedule.epochs
 

@@ -13,6 +13,7 @@
 
     table = tables.load("/tmp/sweep")
     plot_curves(table, Path("out/accuracy_curve"))         # returns the two files written
+    figure = curves_figure(table)                          # the Figure alone (cil/report.py)
 
 Reads only results files, through cil.tables (the tables' rows, seeds and protocol check).
 Figures are ``matplotlib.figure.Figure`` objects, never pyplot, so nothing touches a display.
@@ -25,6 +26,7 @@ import re
 import sys
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -80,7 +82,11 @@ def line_name(strategy: str, labels: dict) -> str:
 
 def colours(names) -> dict[str, str]:
     """One colour per line name, the same in every panel of a figure."""
-    return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(names))}
+    names = list(dict.fromkeys(names))
+    if len(names) <= 10:
+        return {name: f"C{i}" for i, name in enumerate(names)}
+    palette = matplotlib.colormaps["tab20"]  # distinct colours up to 20 lines, then they repeat
+    return {name: palette(i % 20) for i, name in enumerate(names)}
 
 
 def band(axis, x, curves, colour, label, dashed=False) -> None:
@@ -112,13 +118,19 @@ def in_panel(row: tables.Row, budget, labels: dict) -> bool:
 
 
 def plot_curves(table: tables.Table, stem: Path) -> list[Path]:
+    """curves_figure's PNG and PDF at ``stem``."""
+    return save(curves_figure(table), stem)
+
+
+def curves_figure(table: tables.Table) -> Figure:
     """A[t] (%) against classes seen, one line per strategy, with a band over seeds."""
     x = classes_seen(table.stream["split"], table.stream["num_tasks"])
     colour = colours(line_name(row.strategy, own(row.labels)) for row in table.rows)
     keys = panels(table)
     figure, axes = new_figure(len(keys))
     for axis, (budget, labels) in zip(axes, keys):
-        for row in (r for r in table.rows if in_panel(r, budget, labels)):
+        rows_in = [r for r in table.rows if in_panel(r, budget, labels)]
+        for row in rows_in:
             name = line_name(row.strategy, own(row.labels))
             dashed = budget is not None and row.budget is None
             band(axis, x, [[100 * a for a in run["A"]] for run in row.runs], colour[name],
@@ -131,15 +143,23 @@ def plot_curves(table: tables.Table, stem: Path) -> list[Path]:
         axis.set_xticks(x)
         axis.set_ylim(0, 100)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        # Many lines: the legend beside the panel, where it hides no curve.
+        outside = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0)} if len(rows_in) > 6 else {}
+        axis.legend(fontsize=7, **outside)
     seeds = ", ".join(map(str, table.seeds))
     spread = f"mean ± std over seeds {seeds}" if len(table.seeds) > 1 else f"seed {seeds}"
+    # Two lines: one panel is narrower than the whole title.
     figure.suptitle(f"{table.stream['dataset']} {table.stream['split']}: accuracy on all seen "
-                    f"classes ({spread})", fontsize=10)
-    return save(figure, stem)
+                    f"classes\n({spread})", fontsize=10)
+    return figure
 
 
 def plot_memory(table: tables.Table, stem: Path) -> list[Path]:
+    """memory_figure's PNG and PDF at ``stem``."""
+    return save(memory_figure(table), stem)
+
+
+def memory_figure(table: tables.Table) -> Figure:
     """Ā and A_last (%) against the total budget (MB), one line per strategy; AUC in the legend."""
     series: dict[str, list[tables.Row]] = {}
     for row in table.rows:
@@ -173,10 +193,15 @@ def plot_memory(table: tables.Table, stem: Path) -> list[Path]:
     stream = table.stream
     figure.suptitle(f"{stream['dataset']} {stream['split']}: memory-aligned comparison "
                     f"(AUC: fraction x MB)", fontsize=10)
-    return save(figure, stem)
+    return figure
 
 
 def plot_matrix(run: dict, stem: Path) -> list[Path]:
+    """matrix_figure's PNG and PDF at ``stem``."""
+    return save(matrix_figure(run), stem)
+
+
+def matrix_figure(run: dict) -> Figure:
     """The accuracy matrix a[t][j] (%) of one run: rows after task t, columns task j <= t."""
     T = run["num_tasks"]
     matrix = np.full((T, T), np.nan)
@@ -198,7 +223,7 @@ def plot_matrix(run: dict, stem: Path) -> list[Path]:
     axis.set_title(f"{run['strategy']} seed {run['seed']}"
                    + (f", budget {tables.budget_text(budget)} MB" if budget else "")
                    + f"\n{run['dataset']} {run['split']}, run {run['run_id']}", fontsize=8)
-    return save(figure, stem)
+    return figure
 
 
 def representative_runs(table: tables.Table) -> list[dict]:

@@ -8,6 +8,11 @@
 Every network is a list of ``stages`` followed by a linear ``head``, so a strategy can freeze,
 share or clone "the first k stages" the same way for the MLP, the CNN and the ResNets. PODNet's
 ``proxies_per_class`` puts a local similarity classifier in the head's place.
+
+``resnet18`` is the CIFAR adaptation (3x3 stem, no max-pool); ``resnet18_imagenet`` and
+``resnet50_imagenet`` are torchvision's ``resnet18`` and ``resnet50`` (7x7 stride-2 stem and
+max-pool, PyTorch's paddings), parameter for parameter, so ImageNet-pretrained PyTorch weights load
+into them (``python -m cil.torch_weights``, cil/torch_weights.py).
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from flax import nnx
 from cil.errors import ConfigError
 from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence
 from cil.fields import bad_value, check as check_fields
-from cil.models.networks import (Network, cnn, mlp, pytorch_init, resnet18, resnet32,
-                                 small_cnn)
+from cil.models.networks import (Network, cnn, mlp, pytorch_init, resnet18, resnet18_imagenet,
+                                 resnet32, resnet50_imagenet, small_cnn)
 
 _BUILDERS = {"mlp": mlp, "cnn": cnn, "small_cnn": small_cnn, "resnet32": resnet32,
-             "resnet18": resnet18}
+             "resnet18": resnet18, "resnet18_imagenet": resnet18_imagenet,
+             "resnet50_imagenet": resnet50_imagenet}
 
 
 # Options every network takes, beside its own (OPTION_FIELDS).
@@ -41,6 +47,8 @@ OPTION_FIELDS = {
     "cnn": {"channels": Field((32, 64), Sequence(Integer(min=1), min_length=1),
                               "channels of each conv-conv-pool stage")},
     "small_cnn": {}, "resnet32": {}, "resnet18": {},
+    # torchvision's ImageNet ResNets: no options (the architecture is what the weights fit)
+    "resnet18_imagenet": {}, "resnet50_imagenet": {},
 }
 
 

@@ -1,4 +1,6 @@
-"""The networks: MLP, a small CNN, the peer protocol's SmallCNN, ResNet-32 (CIFAR) and ResNet-18.
+"""The networks: MLP, a small CNN, the peer protocol's SmallCNN, ResNet-32 (CIFAR), ResNet-18
+(CIFAR stem), and torchvision's ImageNet ResNet-18 and ResNet-50 (what cil/torch_weights.py loads
+pretrained PyTorch weights into).
 
     net = mlp((28, 28, 1), 10, hidden=(400, 400), rngs=nnx.Rngs(0))
     net(images, train=True)   # uint8 or float images, NHWC
@@ -10,6 +12,8 @@ Every stage that ends in a ReLU has a ``relu`` flag, so the last one can end wit
 
 Max-pooling is written as reshape + max: on XLA:CPU the backward of ``max_pool``
 (select-and-scatter) took half of a small CNN's step, and this form ran twice as fast (DESIGN.md).
+The ImageNet stem's 3x3 stride-2 pool overlaps its windows, so it is ``nnx.max_pool``: its slow
+backward only matters when training that network, not for the frozen encoders it serves.
 """
 
 from __future__ import annotations
@@ -226,48 +230,118 @@ def small_cnn(image_shape, num_classes, *, rngs):
     return Network(stages, 128, num_classes, rngs=rngs)
 
 
-class ResidualBlock(nnx.Module):
-    """Basic block: two 3x3 conv + BatchNorm; a strided 1x1 projection when the shape changes."""
+# torchvision's paddings, written out: Flax's 'SAME' pads a stride-2 conv of an even size by
+# (0, 1), PyTorch by (1, 1), which shifts every window by a pixel. The CIFAR networks keep 'SAME'.
+TORCH_3X3 = ((1, 1), (1, 1))
+TORCH_7X7 = ((3, 3), (3, 3))
 
-    def __init__(self, cin, cout, stride, *, rngs):
-        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, use_bias=False, rngs=rngs)
-        self.bn1 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
-        self.conv2 = nnx.Conv(cout, cout, (3, 3), use_bias=False, rngs=rngs)
-        self.bn2 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
-        if stride != 1 or cin != cout:
-            self.project = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
-            self.project_bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
-        else:
-            self.project = None
+
+def batch_norm(channels, *, rngs):
+    """BatchNorm as cil's ResNets use it: running averages with momentum 0.9 (PyTorch's 0.1) and
+    epsilon 1e-5, Flax's default and PyTorch's."""
+    return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+class ResidualBlock(nnx.Module):
+    """Basic block: two 3x3 conv + BatchNorm; a strided 1x1 projection when the shape changes.
+    ``padding`` of the 3x3 convs: 'SAME' (the CIFAR ResNets) or ``TORCH_3X3`` (torchvision's)."""
+
+    expansion = 1  # output channels per ``cout``
+
+    def __init__(self, cin, cout, stride, *, padding="SAME", rngs):
+        self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding=padding, use_bias=False,
+                              rngs=rngs)
+        self.bn1 = batch_norm(cout, rngs=rngs)
+        self.conv2 = nnx.Conv(cout, cout, (3, 3), padding=padding, use_bias=False, rngs=rngs)
+        self.bn2 = batch_norm(cout, rngs=rngs)
+        self.project, self.project_bn = projection(cin, cout, stride, rngs=rngs)
         self.relu = True  # after the residual sum
 
     def __call__(self, x, train):
         frozen_stats = not train
         y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=frozen_stats))
         y = self.bn2(self.conv2(y), use_running_average=frozen_stats)
-        if self.project is not None:
-            x = self.project_bn(self.project(x), use_running_average=frozen_stats)
-        return rectify(x + y, self.relu)
+        return rectify(shortcut(self, x, frozen_stats) + y, self.relu)
 
 
-class Stem(nnx.Module):
-    def __init__(self, cin, cout, *, rngs):
-        self.conv = nnx.Conv(cin, cout, (3, 3), use_bias=False, rngs=rngs)
-        self.bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+class Bottleneck(nnx.Module):
+    """torchvision's Bottleneck (ResNet v1.5): 1x1 conv to ``width``, 3x3 conv (carrying the
+    stride), 1x1 conv to 4 x ``width``, each with BatchNorm; a strided 1x1 projection when the
+    shape changes; ReLU after the residual sum (unless ``relu`` is off)."""
+
+    expansion = 4
+
+    def __init__(self, cin, width, stride, *, padding=TORCH_3X3, rngs):
+        cout = width * self.expansion
+        self.conv1 = nnx.Conv(cin, width, (1, 1), padding=0, use_bias=False, rngs=rngs)
+        self.bn1 = batch_norm(width, rngs=rngs)
+        self.conv2 = nnx.Conv(width, width, (3, 3), strides=stride, padding=padding,
+                              use_bias=False, rngs=rngs)
+        self.bn2 = batch_norm(width, rngs=rngs)
+        self.conv3 = nnx.Conv(width, cout, (1, 1), padding=0, use_bias=False, rngs=rngs)
+        self.bn3 = batch_norm(cout, rngs=rngs)
+        self.project, self.project_bn = projection(cin, cout, stride, rngs=rngs)
         self.relu = True
 
     def __call__(self, x, train):
-        return rectify(self.bn(self.conv(x), use_running_average=not train), self.relu)
+        frozen_stats = not train
+        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=frozen_stats))
+        y = jax.nn.relu(self.bn2(self.conv2(y), use_running_average=frozen_stats))
+        y = self.bn3(self.conv3(y), use_running_average=frozen_stats)
+        return rectify(shortcut(self, x, frozen_stats) + y, self.relu)
 
 
-def _resnet(image_shape, num_classes, widths, blocks_per_stage, *, rngs):
-    stages = [Stem(image_shape[-1], widths[0], rngs=rngs)]
+def projection(cin, cout, stride, *, rngs):
+    """The shortcut's strided 1x1 conv + BatchNorm when the shape changes, else (None, None).
+    A 1x1 conv pads nothing, 'SAME' or not."""
+    if stride == 1 and cin == cout:
+        return None, None
+    return (nnx.Conv(cin, cout, (1, 1), strides=stride, padding=0, use_bias=False, rngs=rngs),
+            batch_norm(cout, rngs=rngs))
+
+
+def shortcut(block, x, frozen_stats: bool):
+    if block.project is None:
+        return x
+    return block.project_bn(block.project(x), use_running_average=frozen_stats)
+
+
+class Stem(nnx.Module):
+    """Conv + BatchNorm + ReLU (unless ``relu`` is off), then an optional max-pool.
+
+    The CIFAR ResNets: a 3x3 conv, no pool. ImageNet (``imagenet_stem``): a 7x7 stride-2 conv
+    padded by 3, then a 3x3 stride-2 max-pool padded by 1 with -inf, as torchvision's."""
+
+    def __init__(self, cin, cout, *, kernel=3, stride=1, padding="SAME", pool=False, rngs):
+        self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding,
+                             use_bias=False, rngs=rngs)
+        self.bn = batch_norm(cout, rngs=rngs)
+        self.pool = pool
+        self.relu = True
+
+    def __call__(self, x, train):
+        x = rectify(self.bn(self.conv(x), use_running_average=not train), self.relu)
+        if self.pool:  # Flax's max_pool pads with -inf (lax.reduce_window's max identity)
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=TORCH_3X3)
+        return x
+
+
+def imagenet_stem(cin, cout, *, rngs):
+    return Stem(cin, cout, kernel=7, stride=2, padding=TORCH_7X7, pool=True, rngs=rngs)
+
+
+def _resnet(image_shape, num_classes, widths, blocks_per_stage, *, rngs, stem=None,
+            block=ResidualBlock, padding="SAME"):
+    """``stem`` (default: the CIFAR 3x3 stem), then ``blocks_per_stage`` blocks of each width, the
+    first of every width group after the first with stride 2, then global mean pooling.
+    Each block is a stage of the Network (torchvision's ``layer{i}.{j}``)."""
+    stages = [Stem(image_shape[-1], widths[0], rngs=rngs) if stem is None else stem]
     cin = widths[0]
     for i, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
         for b in range(blocks):
             stride = 2 if (i > 0 and b == 0) else 1
-            stages.append(ResidualBlock(cin, width, stride, rngs=rngs))
-            cin = width
+            stages.append(block(cin, width, stride, padding=padding, rngs=rngs))
+            cin = width * block.expansion
     stages.append(GlobalPool())
     return Network(stages, cin, num_classes, rngs=rngs)
 
@@ -280,3 +354,18 @@ def resnet32(image_shape, num_classes, *, rngs):
 def resnet18(image_shape, num_classes, *, rngs):
     """ResNet-18 with a 3x3 stem and no initial max-pool (the usual 32x32 adaptation)."""
     return _resnet(image_shape, num_classes, (64, 128, 256, 512), (2, 2, 2, 2), rngs=rngs)
+
+
+def resnet18_imagenet(image_shape, num_classes, *, rngs):
+    """torchvision's ``resnet18``: ImageNet stem, BasicBlocks [2, 2, 2, 2], 512 features.
+    Stages: the stem, 8 blocks (``layer1.0`` ... ``layer4.1``), global pooling."""
+    return _resnet(image_shape, num_classes, (64, 128, 256, 512), (2, 2, 2, 2), rngs=rngs,
+                   stem=imagenet_stem(image_shape[-1], 64, rngs=rngs), padding=TORCH_3X3)
+
+
+def resnet50_imagenet(image_shape, num_classes, *, rngs):
+    """torchvision's ``resnet50`` (v1.5: the stride on the 3x3 conv): ImageNet stem, Bottlenecks
+    [3, 4, 6, 3], 2,048 features. Stages: the stem, 16 blocks, global pooling."""
+    return _resnet(image_shape, num_classes, (64, 128, 256, 512), (3, 4, 6, 3), rngs=rngs,
+                   stem=imagenet_stem(image_shape[-1], 64, rngs=rngs), block=Bottleneck,
+                   padding=TORCH_3X3)

@@ -22,7 +22,7 @@ Methods on each encoder (all through the suite's evaluator, PROTOCOL.md):
   1.0, label smoothing 0.1, 20 epochs per task), keys from the held-out images;
 - ``probe`` / ``mlp``: the paper's baselines, ``dkvb.decoder = linear / mlp`` (hidden 128) on the
   same features, trained the same way (same optimiser, batch, clipping, smoothing, epochs);
-- ``ncm``: baselines/ncm.py (TILDA) with its defaults, on the same encoder;
+- ``ncm``: cil/baselines/ncm.py (TILDA) with its defaults, on the same encoder;
 - ``dkvb paper`` (only when --methods names it; meant for a GPU): dkvb with the paper's sizes,
   configs/dkvb_fmnist.py:paper (256 x 4,096 x 14, 500 epochs per task);
 - ``dkvb base-keys``: dkvb with its keys fitted on the stream's first task, labels dropped
@@ -30,7 +30,7 @@ Methods on each encoder (all through the suite's evaluator, PROTOCOL.md):
 - ``dkvb joint`` / ``probe joint``: the same two, learnt from the whole training stream as one task
   (B10): what each reaches without the incremental split, the reference for their forgetting;
 and once, with no encoder (it trains its own network on the images):
-- ``replay``: baselines/replay.py, the MLP 784-400-400 of configs/fashion_mnist.py (SGD lr 0.01,
+- ``replay``: cil/baselines/replay.py, the MLP 784-400-400 of configs/fashion_mnist.py (SGD lr 0.01,
   batch 128, 5 epochs per task), its exemplar buffer sized by a byte budget equal to what DKVB
   keeps (memory-aligned: exemplars = budget less the network's bytes, at 784 bytes an image).
 

@@ -8,12 +8,12 @@ only (its four classes' 24,000 training images), then frozen; trained here first
 holds none. Stream: B4-Inc2, class order 0..9, tested after each task on every seen class.
 
 Methods, all through the suite's evaluator (PROTOCOL.md) on the same frozen encoder:
-- ``ncm`` (baselines/ncm.py) for each (P subspaces, k anchors) in --shapes, in four modes: plain
+- ``ncm`` (cil/baselines/ncm.py) for each (P subspaces, k anchors) in --shapes, in four modes: plain
   (1 training view, 1 test view), train-aug (V training views), test-vote (V voting test views),
   both; V = --views;
 - ``finetune`` and ``joint`` on the frozen features: a linear head (the suite's Trainer; Adam 1e-3,
   batch 128, 5 epochs per task) trained on each task in turn, resp. retrained from scratch on all
-  features seen so far. They are baselines/finetune.py and joint.py unchanged, given features for
+  features seen so far. They are cil/baselines/finetune.py and joint.py unchanged, given features for
   images (``FrozenFeatures`` below).
 
 Time. ``encoder pass`` is one pass of the encoder over the stream's 60,000 training images (jitted,
@@ -41,8 +41,8 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from baselines.finetune import Finetune  # noqa: E402
-from baselines.joint import Joint  # noqa: E402
+from cil.baselines.finetune import Finetune  # noqa: E402
+from cil.baselines.joint import Joint  # noqa: E402
 from cil import encoders, experiment, pretrain  # noqa: E402
 from cil.results import ResultsWriter, read_summaries, stable_hash  # noqa: E402
 from cil.strategy import load_strategy  # noqa: E402

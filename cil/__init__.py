@@ -4,6 +4,6 @@
     python run.py --config=configs/fashion_mnist.py:smoke --workdir=/tmp/fm
     python -m cil.tables /tmp/fm                    # results table from a workdir
 
-The flow runs one way (DESIGN.md): ``cil.data`` -> ``baselines`` strategy ->
+The flow runs one way (DESIGN.md): ``cil.data`` -> ``cil.baselines`` strategy ->
 ``cil.evaluation`` -> ``cil.results`` -> ``cil.tables``.
 """

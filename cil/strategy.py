@@ -1,6 +1,6 @@
 """The strategy interface and its small data types (DESIGN.md, "The strategy interface").
 
-A strategy lives in ``baselines/<name>.py`` and is found by that name; the module defines one
+A strategy lives in ``cil/baselines/<name>.py`` and is found by that name; the module defines one
 subclass of ``Strategy``:
 
     class Finetune(Strategy):
@@ -154,20 +154,20 @@ def pytree_bytes(tree: PyTree) -> int:
 
 
 def available_strategies() -> list[str]:
-    import baselines
+    from cil import baselines
     return sorted(m.name for m in pkgutil.iter_modules(baselines.__path__) if not m.name.startswith("_"))
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    """The one ``Strategy`` subclass defined in ``baselines/<name>.py``."""
+    """The one ``Strategy`` subclass defined in ``cil/baselines/<name>.py``."""
     if name not in available_strategies():
         raise ConfigError(f"unknown strategy '{name}'; choose one of: "
-                          f"{', '.join(available_strategies())} (modules in baselines/)")
-    module = importlib.import_module(f"baselines.{name}")
+                          f"{', '.join(available_strategies())} (modules in cil/baselines/)")
+    module = importlib.import_module(f"cil.baselines.{name}")
     found = [c for _, c in inspect.getmembers(module, inspect.isclass)
              if issubclass(c, Strategy) and c.__module__ == module.__name__]
     if len(found) != 1:
-        raise ConfigError(f"baselines/{name}.py must define exactly one Strategy subclass, "
+        raise ConfigError(f"cil/baselines/{name}.py must define exactly one Strategy subclass, "
                           f"found {[c.__name__ for c in found]}")
     return found[0]
 

@@ -1,4 +1,4 @@
-"""Every strategy module in baselines/ runs end to end on a tiny stream, through the real evaluator.
+"""Every strategy module in cil/baselines/ runs end to end on a tiny stream, through the real evaluator.
 
 A new strategy is covered the day it is added. Strategies that need settings to run on this stream
 (a frozen encoder, say) add them to TINY_SETTINGS; everything else runs on its defaults.

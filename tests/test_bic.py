@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from baselines.bic import fit_correction, held_out
+from cil.baselines.bic import fit_correction, held_out
 from cil.experiment import stream_spec
 from cil.strategy import load_strategy
 from cil.training import make_optimizer

@@ -51,6 +51,21 @@ def test_mistakes_give_one_line_and_no_results(tmp_path, args, message):
     assert not (tmp_path / "results.jsonl").exists()
 
 
+def test_the_command_runs_from_another_folder(tmp_path):
+    """What the ``cil`` console script runs (cil.cli.main), from a folder outside the repository:
+    the repository's config files import each other as ``configs.<name>`` all the same."""
+    env = {**os.environ, "CIL_HOST_DEVICES": "2"}  # cil comes from its install (requirements.txt)
+    command = [sys.executable, "-c", "from cil.cli import main; main()"]
+    for config in [f"--config={ROOT / 'configs' / 'digits.py'}:smoke", "--config.seeds=(0,)"]:
+        workdir = tmp_path / config[-4:]
+        result = subprocess.run([*command, config, "--config.train.epochs=1",
+                                 "--config.strategies=('finetune',)", f"--workdir={workdir}"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "| finetune | 1 |" in result.stdout
+        assert (workdir / "results.jsonl").exists()
+
+
 def test_unknown_config_argument_and_missing_file(tmp_path):
     for config, message in [("configs/digits.py:smok", "unknown config argument 'smok'"),
                             ("configs/nope.py", "No such file")]:

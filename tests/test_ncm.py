@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from baselines import ncm
+from cil.baselines import ncm
 from cil import encoders, experiment, models
 from cil.data.stream import Task
 from cil.errors import ConfigError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from baselines.partial_sharing import PartialSharing, clone_branch, count_params, sharing_point
+from cil.baselines.partial_sharing import PartialSharing, clone_branch, count_params, sharing_point
 from cil import encoders, experiment, models
 from cil.errors import ConfigError
 from cil.strategy import strategy_config

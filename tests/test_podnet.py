@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from baselines.podnet import imprint, kmeans, nca_loss, pycil_nca_loss, trainable_mask
+from cil.baselines.podnet import imprint, kmeans, nca_loss, pycil_nca_loss, trainable_mask
 from cil import experiment, models
 from cil.experiment import stream_spec
 from cil.strategy import load_strategy

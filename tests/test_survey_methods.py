@@ -10,7 +10,7 @@ import pytest
 
 from flax import nnx
 
-from baselines.wa import align_weights, weighted_distillation
+from cil.baselines.wa import align_weights, weighted_distillation
 from cil import experiment, models
 from cil.experiment import stream_spec
 from cil.strategy import load_strategy

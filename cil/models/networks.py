@@ -107,7 +107,7 @@ class BiasCorrection(nnx.Variable):
     """BiC's bias-correction layers: row 0 the scale, row 1 the shift of each task's logits.
 
     Not an ``nnx.Param``: it is model state (as BatchNorm's statistics are), which the optimiser
-    never touches; BiC sets it in its own second stage (baselines/bic.py)."""
+    never touches; BiC sets it in its own second stage (cil/baselines/bic.py)."""
 
 
 class Network(nnx.Module):

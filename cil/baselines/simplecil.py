@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from baselines.finetune import Finetune
+from cil.baselines.finetune import Finetune
 from cil import parallel
 from cil.models.networks import normalize
 from cil.strategy import Learned

@@ -52,8 +52,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from baselines.replay import Replay
-from baselines.wa import weighted_distillation
+from cil.baselines.replay import Replay
+from cil.baselines.wa import weighted_distillation
 from cil import parallel
 from cil.fields import Field, Integer, Number, OneOf
 from cil.strategy import Learned, StreamSpec

@@ -8,7 +8,7 @@ Each step draws ``train.batch_size`` new examples and ``memory_batch_size`` memo
 replay does). The step's gradient g is that of the new examples' loss alone; the reference g_ref
 that of the memory examples' loss. When g . g_ref < 0 (the step would raise the memory's loss to
 first order) the step uses g - (g . g_ref / g_ref . g_ref) g_ref, else g (the paper's eq. 11):
-GEM's projection (baselines/gem.py, cil/training.py ``MemoryConstraints``) with the whole memory
+GEM's projection (cil/baselines/gem.py, cil/training.py ``MemoryConstraints``) with the whole memory
 as its one group, where the dual's solution is that closed form. The memory is replay's
 (``replay``-style fields: exemplars, selection, class_balanced, memory_batch_size); the first task
 trains plainly.
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from baselines.replay import Replay
+from cil.baselines.replay import Replay
 from cil.training import MemoryConstraints, Objective
 
 

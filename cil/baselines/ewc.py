@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from baselines.finetune import Finetune
-from baselines.lwf import XENT_CLASSES, first_class
+from cil.baselines.finetune import Finetune
+from cil.baselines.lwf import XENT_CLASSES, first_class
 from cil.fields import Field, Number, Optional
 from cil.strategy import Learned, pytree_bytes
 from cil.training import Objective, ParameterPenalty, seen_class_xent, weighted_mean

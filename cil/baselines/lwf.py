@@ -30,7 +30,7 @@ dropped after it, so nothing beyond the network is kept from one task to the nex
 
 from __future__ import annotations
 
-from baselines.finetune import Finetune
+from cil.baselines.finetune import Finetune
 from cil.fields import Field, Number, OneOf
 from cil.strategy import Learned
 from cil.training import Distillation, Objective

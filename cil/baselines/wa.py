@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from baselines.replay import Replay
+from cil.baselines.replay import Replay
 from cil.fields import Field, Integer, Number
 from cil.strategy import Learned
 from cil.training import Distillation, Objective

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from baselines.replay import Replay
+from cil.baselines.replay import Replay
 from cil import parallel
 from cil.fields import Field, Integer, Number, OneOf
 from cil.models.networks import normalize

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from baselines.finetune import Finetune
+from cil.baselines.finetune import Finetune
 from cil import parallel
 from cil.fields import Field, Flag, Integer, OneOf, Optional
 from cil.memory import (COUNTER_BYTES, SELECTIONS, ExemplarMemory, exemplar_bytes,

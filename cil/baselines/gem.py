@@ -10,7 +10,7 @@ replay does). g is the gradient of the new examples' loss, g_k that of the memor
 task k. When some g . g_k < 0, the step takes the z closest to g with z . g_k >= 0 for every k:
 the quadratic program of the paper's eq. 10-12, solved on the device in its dual (eq. 13, a
 small non-negative quadratic program, one variable per past task) by projected Gauss-Seidel
-(cil/training.py ``MemoryConstraints``, ``solve_memory_dual``). A-GEM (baselines/agem.py) is
+(cil/training.py ``MemoryConstraints``, ``solve_memory_dual``). A-GEM (cil/baselines/agem.py) is
 the same projection with the whole memory as one constraint. The first task trains plainly.
 
 Each example's loss is the cross-entropy over its own task's classes (``within_task``): the new
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from baselines.replay import Replay
+from cil.baselines.replay import Replay
 from cil.fields import Field, Flag, Number
 from cil.training import MemoryConstraints, Objective
 

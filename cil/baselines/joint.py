@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from baselines.finetune import Finetune
+from cil.baselines.finetune import Finetune
 from cil.fields import Field, Flag
 from cil.strategy import Learned
 

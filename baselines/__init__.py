@@ -1,1 +1,0 @@
-"""Strategies, one module each; ``config.strategies = ("name",)`` finds ``baselines/name.py``."""

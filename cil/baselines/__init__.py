@@ -1,0 +1,1 @@
+"""Strategies, one module each; ``config.strategies = ("name",)`` finds ``cil/baselines/name.py``."""

@@ -28,8 +28,8 @@ parallel.use_compilation_cache()  # a rerun of a config loads its programs inste
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cil import pretrain, sweep, tables  # noqa: E402
-from cil.errors import CilError  # noqa: E402
+from cil import launch, pretrain, sweep, tables  # noqa: E402
+from cil.errors import CilError, ConfigError  # noqa: E402
 
 DEFAULT_CONFIG = "configs/digits.py"
 # No default here: absl would load it at import, before ``main`` can make configs/ importable.
@@ -38,6 +38,10 @@ config_flags.DEFINE_config_file("config", None, f"Benchmark config file[:arg] (d
 flags.DEFINE_string("workdir", "workdir/default", "Where results, config and checkpoints go.")
 flags.DEFINE_integer("shard_index", 0, "Run only this shard of the config's grid (cil/sweep.py).")
 flags.DEFINE_integer("num_shards", 1, "Split the grid into this many shards, one per machine or job.")
+flags.DEFINE_enum("launcher", None, launch.LAUNCHERS,
+                  "Run the grid as config.launch.shards jobs (cil/launch.py): a SLURM job array "
+                  "(returns once submitted, unless --wait) or local processes (waits).")
+flags.DEFINE_boolean("wait", False, "With --launcher=slurm: wait, then print the merged table.")
 flags.FLAGS.set_default("verbosity", -1)  # warnings and up; progress lines go to stdout
 # JAX reports at INFO each accelerator plugin it did not find; that is noise on a CPU machine.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -79,11 +83,26 @@ def run(argv):
         if "pretrain" in flags.FLAGS.config:  # a pretraining config: train and save an encoder
             pretrain.run_pretrain(flags.FLAGS.config, flags.FLAGS.workdir)
             return
+        if flags.FLAGS.launcher:
+            submit_grid(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.launcher)
+            return
         sweep.run_grid(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.shard_index,
                        flags.FLAGS.num_shards)
         print(tables.markdown_table(tables.load(flags.FLAGS.workdir)))
     except CilError as e:
         fail(e)
+
+
+def submit_grid(config, workdir: str, launcher: str) -> None:
+    """The grid as jobs; local ones are this process's children, so it always waits for them."""
+    if flags.FLAGS.num_shards != 1 or flags.FLAGS.shard_index != 0:
+        raise ConfigError("--launcher splits the grid into config.launch.shards jobs itself; "
+                          "drop --shard_index/--num_shards (or drop --launcher)")
+    jobs = launch.submit(config, workdir, launcher)
+    if launcher == "local" or flags.FLAGS.wait:
+        print(launch.wait(workdir, jobs))
+    else:
+        print(f"python -m cil.launch {workdir}   waits for them, then prints the merged table")
 
 
 def default_config() -> str:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cil import evaluation, models, monitor, parallel, training
+from cil import evaluation, launch, models, monitor, parallel, training
 from cil.data import sources, stream as streams
 from cil.errors import ConfigError, DivergenceError, RunError
 from cil.fields import Field, Flag, Integer, OneOf, Sequence, check
@@ -49,6 +49,7 @@ def fields() -> dict:
         "eval_batch_size": Field(1000, Integer(min=1), "test images per prediction call"),
         "checkpoint": Field(True, Flag(), "save the state after every task, to resume"),
         "monitor": monitor.FIELDS,
+        "launch": launch.FIELDS,
     }
 
 
@@ -101,7 +102,7 @@ def stream_identity(config, stream: streams.Stream) -> dict:
 def run_config(name: str, config) -> dict:
     """The settings one strategy's run depends on (its own section, model, training, memory...)."""
     merged = strategy_config(name, config).to_dict()
-    for key in ("strategies", "seeds", "monitor", *available_strategies()):
+    for key in ("strategies", "seeds", "monitor", "launch", *available_strategies()):
         merged.pop(key, None)
     return merged
 

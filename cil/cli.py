@@ -17,6 +17,7 @@ one line.
 
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -80,6 +81,10 @@ def parse_flags(argv):
 def run(argv):
     del argv
     try:
+        if parallel.initialize_distributed() and not parallel.first_process():
+            # The first process prints (all compute); gloo's own lines go to fd 1 too.
+            sys.stdout.flush()
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         if "pretrain" in flags.FLAGS.config:  # a pretraining config: train and save an encoder
             pretrain.run_pretrain(flags.FLAGS.config, flags.FLAGS.workdir)
             return

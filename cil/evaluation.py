@@ -40,7 +40,7 @@ def predict_seen(strategy: Strategy, state, images: np.ndarray, num_seen: int,
     predictions = []
     for batch, real in parallel.fixed_size_batches(images, batch_size):
         scores = strategy.predict(state, batch)
-        predictions.append(np.asarray(_masked_argmax(scores, num_seen))[:real])
+        predictions.append(parallel.to_host(_masked_argmax(scores, num_seen))[:real])
     return np.concatenate(predictions) if predictions else np.zeros((0,), np.int32)
 
 

@@ -127,7 +127,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     validate_config(config)
     stream = build_stream(config)
     spec = stream_spec(stream, config.memory)
-    writer = ResultsWriter(workdir, report=progress)
+    writer = ResultsWriter(workdir, report=progress, writes=parallel.first_process())
     config_hash = writer.snapshot_config(config.to_dict())
     identity = stream_identity(config, stream)
     progress(f"{stream.dataset_name} {stream.split_name}: {stream.num_tasks} tasks, "
@@ -297,7 +297,7 @@ class RunLoop:
         return None
 
     def _save_checkpoint(self, progress, state) -> None:
-        if not self.config.checkpoint:
+        if not self.config.checkpoint or not parallel.first_process():
             return
         tmp = self.checkpoint_path.with_suffix(".tmp")
         with writing(self.checkpoint_path):

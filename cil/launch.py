@@ -10,8 +10,10 @@
 
 ``config.launch`` (``FIELDS``): ``shards`` (array tasks; the grid of cil/sweep.py is split among
 them as ``--shard_index/--num_shards`` split it), and for SLURM ``partition``, ``time_minutes``,
-``gpus_per_node``, ``cpus_per_task``, ``mem_gb``, ``array_parallelism`` (array tasks at once) and
-``signal_delay_s``. Shard i writes ``<workdir>/shards/<i>/`` (a workdir of its own, so shards never
+``gpus_per_node``, ``cpus_per_task``, ``mem_gb``, ``array_parallelism`` (array tasks at once),
+``signal_delay_s``, and ``nodes`` x ``tasks_per_node``: with more than one process a shard is one
+JAX run over all their devices (``jax.distributed``, cil/parallel.py ``initialize_distributed``),
+the first process writing its results. Shard i writes ``<workdir>/shards/<i>/`` (a workdir of its own, so shards never
 share a file); submitit's scripts, pickles and logs go to ``<workdir>/launch/``, and
 ``launch/jobs.json`` names the jobs, so ``python -m cil.launch <workdir>`` can wait for them from
 another shell. ``python -m cil.tables <workdir>/shards/*`` merges the shards at any time.
@@ -49,6 +51,9 @@ FIELDS = {
     "cpus_per_task": Field(2, Integer(min=1), "CPU cores of each array task"),
     "mem_gb": Field(8.0, Number(above=0), "memory of each array task, GB"),
     "array_parallelism": Field(16, Integer(min=1), "array tasks running at once, at most"),
+    "nodes": Field(1, Integer(min=1), "SLURM nodes of each array task"),
+    "tasks_per_node": Field(1, Integer(min=1), "processes a node: with several in all, a shard "
+                                               "is one JAX run over every process's devices"),
     "signal_delay_s": Field(120, Integer(min=1), "USR2 this long before the time limit: "
                                                  "the shard is requeued and resumes"),
 }
@@ -71,6 +76,7 @@ class Shard:
     def __call__(self) -> int:
         devices = self.devices or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
         use_devices(devices)
+        parallel.initialize_distributed()  # a shard of several SLURM tasks: one JAX run
         from cil import sweep  # after the device count is set: JAX starts here
         summaries = sweep.run_grid(self.config, self.workdir, self.index, self.count)
         return len(summaries)
@@ -106,7 +112,8 @@ def executor(launcher: str, folder: Path, config: ml_collections.ConfigDict):
     resources = {"time": int(launch.time_minutes), "cpus_per_task": int(launch.cpus_per_task),
                  "mem": f"{int(float(launch.mem_gb) * 1024)}M",
                  "array_parallelism": int(launch.array_parallelism),
-                 "signal_delay_s": int(launch.signal_delay_s), "job_name": "cil"}
+                 "signal_delay_s": int(launch.signal_delay_s), "job_name": "cil",
+                 "nodes": int(launch.nodes), "ntasks_per_node": int(launch.tasks_per_node)}
     if launch.partition:
         resources["partition"] = launch.partition
     if launch.gpus_per_node:
@@ -160,7 +167,7 @@ def wait(workdir: str, jobs: list | None = None, progress=print) -> str:
     failed = []
     for shard, job in zip(record["shards"], jobs):
         try:
-            finished = job.result()
+            finished = job.results()[0]  # a shard of several SLURM tasks: the first's count
             progress(f"shard {shard}: {finished} new run(s) finished (job {job.job_id})")
         except Exception as error:  # a shard's own error, or SLURM's end of it: name it
             text = " ".join(str(error).split())

@@ -61,6 +61,45 @@ def use_compilation_cache(directory: str | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def initialize_distributed() -> bool:
+    """Joins a run of several processes when the environment names one; True if it did.
+
+    ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0), ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID``, or a SLURM step of several tasks (``SLURM_NTASKS`` > 1, which
+    ``jax.distributed`` reads itself). Then ``jax.devices()`` holds every process's devices, so
+    the ``data`` mesh axis spans them all; CPU devices talk through gloo. Call it before JAX
+    computes anything.
+    """
+    explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
+    slurm_step = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in os.environ
+    if not (explicit or slurm_step):
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        try:
+            count, index = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+        except (KeyError, ValueError):
+            raise ConfigError("JAX_COORDINATOR_ADDRESS is set: set JAX_NUM_PROCESSES and "
+                              "JAX_PROCESS_ID (0 ... count - 1) too") from None
+        jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], count, index)
+    else:
+        jax.distributed.initialize()
+    return True
+
+
+def first_process() -> bool:
+    """True in the one process that writes results and prints (every process computes them)."""
+    return jax.process_index() == 0
+
+
+def to_host(array) -> np.ndarray:
+    """A device array as NumPy, gathered from every process when it is split across several."""
+    if not isinstance(array, jax.Array) or array.is_fully_addressable:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
 def data_mesh() -> Mesh:
     return Mesh(jax.devices(), ("data",))
 

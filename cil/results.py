@@ -79,10 +79,15 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 class ResultsWriter:
-    def __init__(self, workdir, report: Callable[[str], None] = print):
+    """Appends records to ``workdir``/results.jsonl. ``writes=False``: reads only, and every write
+    is skipped (the processes of a multi-process run but the first compute the same records)."""
+
+    def __init__(self, workdir, report: Callable[[str], None] = print, writes: bool = True):
         self.workdir = prepare_workdir(workdir)
         self.path = self.workdir / RESULTS_FILE
-        self._set_damage_aside(report)
+        self.writes = writes
+        if writes:
+            self._set_damage_aside(report)
 
     @contextlib.contextmanager
     def _locked(self):
@@ -116,6 +121,8 @@ class ResultsWriter:
     def snapshot_config(self, config_dict: dict) -> str:
         """Writes the config beside the results; returns its hash (stored in every record)."""
         config_hash = stable_hash(config_dict)
+        if not self.writes:
+            return config_hash
         text = json.dumps(config_dict, indent=2, sort_keys=True, default=str) + "\n"
         main = self.workdir / "config.json"
         if not main.exists() or main.read_text() == text:
@@ -125,6 +132,8 @@ class ResultsWriter:
         return config_hash
 
     def append(self, record: dict) -> None:
+        if not self.writes:
+            return
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
         with self._locked(), writing(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -37,8 +38,15 @@ GRID = ["--config=configs/sweep_digits.py:smoke", "--config.seeds=(0,1)",
         "--config.strategies=('finetune','replay','joint')"]
 
 
+def child_env(devices: int, **extra) -> dict:
+    """The environment of a run.py process with ``devices`` CPU devices (this process's XLA_FLAGS,
+    which ask for its own count, left out)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return {**env, "CIL_HOST_DEVICES": str(devices), **extra}
+
+
 def run_py(*args, devices: int, timeout=600):
-    env = {**os.environ, "CIL_HOST_DEVICES": str(devices)}
+    env = child_env(devices)
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,7 +88,7 @@ def test_local_shards_merge_to_the_single_process_results(tmp_path):
 def test_launcher_mistakes_are_one_line(tmp_path):
     for args, message in [(["--launcher=slurm", "--num_shards=2"], "drop --shard_index"),
                           (["--config.launch.shards=0"], "launch.shards=0 is not allowed")]:
-        env = {**os.environ, "CIL_HOST_DEVICES": "1"}
+        env = child_env(1)
         result = subprocess.run([sys.executable, str(ROOT / "run.py"), *GRID, *args,
                                  f"--workdir={tmp_path}"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=300)
@@ -138,4 +146,50 @@ def test_a_preempted_shard_is_requeued_and_resumes_without_rerunning(tmp_path):
     assert len(by_seed[1]["attempts"]) == 2  # interrupted, resumed from its checkpoint
     reference = tmp_path / "straight"
     run_py(*args, f"--workdir={reference}", devices=1)
+    assert matrices(shard) == matrices(reference)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_are_one_run_with_the_results_of_one_process(tmp_path):
+    """jax.distributed on this machine: two processes of one device each (CPU collectives
+    through gloo) form one data axis of two devices, as one process with two devices does."""
+    args = ["--config=configs/digits.py:smoke", "--config.strategies=('finetune','replay','icarl')"]
+    workdir = tmp_path / "two"
+    port = free_port()
+    processes = [subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args, f"--workdir={workdir}"], cwd=ROOT,
+        env=child_env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                      JAX_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    assert "| replay | 1 |" in outputs[0][0] and outputs[1][0] == ""  # the first one prints
+    summaries = read_records(workdir, kind="summary")
+    assert [s["device"]["device_count"] for s in summaries] == [2, 2, 2], summaries[0]["device"]
+    reference = tmp_path / "one"
+    run_py(*args, f"--workdir={reference}", devices=2)
+    assert matrices(workdir) == matrices(reference)  # written once, and the same
+
+
+@pytest.mark.slurm
+@slurm
+def test_a_shard_of_two_slurm_tasks_is_one_run_over_both(tmp_path):
+    """nodes x tasks_per_node > 1: the shard's processes join one JAX run (jax.distributed reads
+    SLURM's variables), one device each, and give what one process with two devices gives."""
+    args = ["--config=configs/digits.py:smoke", "--config.strategies=('finetune','replay')"]
+    workdir = tmp_path / "two_tasks"
+    out = run_py(*args, f"--workdir={workdir}", "--launcher=slurm", "--wait",
+                 "--config.launch.shards=1", "--config.launch.tasks_per_node=2",
+                 "--config.launch.cpus_per_task=1", "--config.launch.mem_gb=1", devices=1)
+    assert "| replay | 1 |" in out
+    shard = launch.shard_dirs(workdir, 1)[0]
+    assert [s["device"]["device_count"] for s in read_records(shard, kind="summary")] == [2, 2]
+    reference = tmp_path / "one"
+    run_py(*args, f"--workdir={reference}", devices=2)
     assert matrices(shard) == matrices(reference)

@@ -195,6 +195,10 @@ class DKVB(Strategy):
     # --- set-up ----------------------------------------------------------------------------------
 
     def init(self, key, spec):
+        if jax.process_count() > 1:  # the decoder's one device is one process's (one_device_mesh)
+            raise ConfigError("dkvb trains its decoder on one device and does not run across "
+                              "several processes yet; run it in one process (without "
+                              "JAX_COORDINATOR_ADDRESS or a multi-task SLURM step)")
         if self.encoder is None or self.encoder.image_shape != tuple(spec.image_shape):
             self.encoder = encoders.encoder_from_config(self.config.strategy.encoder, spec.image_shape)
         return self.init_state(key, spec, self.encoder.feature_dim)

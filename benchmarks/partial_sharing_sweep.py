@@ -19,7 +19,7 @@ curve as a table, with its storage and time savings beside it.
 
 Each run is the run loop of cil/experiment.py done by hand (same keys, same evaluator functions,
 same Stopwatch), because the table needs what the results files cannot hold yet: the strategy's
-``task_stats(state)`` after every task, and the scores for the task-given accuracy.
+``extras(state)`` after every task, and the scores for the task-given accuracy.
 
 Parts:
 - ``fmnist_mlp``: Split-Fashion-MNIST B2-Inc2 (5 tasks), MLP 784-400-400 (2 stages).
@@ -142,7 +142,7 @@ def run(strategy, stream, spec, seed: int, batch_size: int) -> dict:
         A.append(A_t)
         tasks.append({"train_seconds": watch.seconds, "compile_seconds": watch.compile_seconds,
                       "charged_bytes": strategy.memory(state).charged_bytes(),
-                      "stats": getattr(strategy, "task_stats", lambda _: {})(state)})
+                      "stats": strategy.extras(state)})
     correct = 0
     for span in stream.tasks:  # after the last task, each test image among its own task's classes
         in_task = np.isin(test.labels, span.classes)
@@ -164,7 +164,7 @@ def mean_std(values, scale=100.0) -> str:
 
 
 def table_row(part_name: str, label: str, runs: list[dict], stats: dict, finetune: bool) -> str:
-    """One line of the table; ``stats``: PartialSharing.task_stats after the last task."""
+    """One line of the table; ``stats``: PartialSharing.extras after the last task."""
     later = [t["train_seconds"] for r in runs for t in r["tasks"][1:]]
     if finetune:
         sharing, per_task_net = label, "-"

@@ -207,6 +207,9 @@ class RunLoop:
                 progress["next_task"] = t + 1
                 progress["epochs_trained"] = self.monitor.epochs_trained
                 self._save_checkpoint(progress, state)
+        except RunError as error:
+            self._fail(progress, error)
+            raise
         finally:
             self.monitor.close()
         summary = self._summary(progress, settings)
@@ -242,6 +245,8 @@ class RunLoop:
             "memory": report._asdict(),
             "charged_bytes": report.charged_bytes(self.spec.budget),
             "trained_examples": learned.trained_examples,
+            "train_losses": self.monitor.task_losses,
+            "strategy_stats": self.strategy.extras(state),
             "train_seconds": train_watch.seconds, "eval_seconds": eval_watch.seconds,
             "compile_seconds": train_watch.compile_seconds + eval_watch.compile_seconds,
         }
@@ -253,6 +258,16 @@ class RunLoop:
                       f"({rate:,.0f} img/s, compile {record['compile_seconds']:.2f}s)  "
                       f"memory {record['charged_bytes'] / 1e6:.3f} MB")
         return state, record
+
+    def _fail(self, progress, error) -> None:
+        """A run that cannot finish (over budget, diverged) leaves no result: a ``failed`` line
+        marks its task lines as a failed attempt's, and its checkpoints go (a rerun starts over)."""
+        self.writer.append({"kind": "failed", **self.header, "attempt": progress["attempt"],
+                            "error": str(error),
+                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        if parallel.first_process():
+            self.checkpoint_path.unlink(missing_ok=True)
+            self.previous_path.unlink(missing_ok=True)
 
     def _summary(self, progress, settings) -> dict:
         tasks = progress["tasks"]
@@ -271,6 +286,7 @@ class RunLoop:
             "train_seconds_per_task": [r["train_seconds"] for r in tasks],
             "trained_examples": trained,
             "train_images_per_second": trained / max(train_seconds, 1e-9),
+            "strategy_stats": tasks[-1].get("strategy_stats", {}),  # none before 2026-12-03
             "device": device_description(), "config": settings,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

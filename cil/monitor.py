@@ -77,7 +77,7 @@ class Monitor:
         # One writer per run, on the first process only (several processes share a workdir).
         self.writer = (tensorboard_writer(logdir)
                        if config.tensorboard and jax.process_index() == 0 else None)
-        self.where, self.task_index = "", 0
+        self.where, self.task_index, self.task_losses = "", 0, []
 
     @contextlib.contextmanager
     def task(self, t: int, num_tasks: int):
@@ -85,6 +85,7 @@ class Monitor:
         self.where, self.task_index = f"task {t + 1}/{num_tasks}", t
         self.last_line = self.last_epoch_end = time.perf_counter()
         self.examples_since_line = 0
+        self.task_losses = []  # every epoch's mean loss, every fit call of the task in turn
         token = _current.set(self)
         try:
             yield self
@@ -97,6 +98,7 @@ class Monitor:
         rate = examples / max(now - self.last_epoch_end, 1e-9)
         self.last_epoch_end = now
         self.examples_since_line += examples
+        self.task_losses.append(float(loss))
         if self.writer is not None:
             self.writer.write_scalars(self.epochs_trained, {
                 "train/loss": loss, "train/learning_rate": learning_rate,

@@ -146,6 +146,12 @@ class Strategy:
     def memory(self, state: PyTree) -> MemoryReport:
         raise NotImplementedError
 
+    def extras(self, state: PyTree) -> dict:
+        """Figures of this strategy beyond accuracy and memory (parameters trained, FLOPs, ...),
+        as JSON numbers: recorded as ``strategy_stats`` in each task line and in the summary
+        (the last task's). None by default."""
+        return {}
+
 
 def pytree_bytes(tree: PyTree) -> int:
     """Bytes held by the arrays of a pytree, each at its own dtype."""

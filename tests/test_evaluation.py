@@ -120,4 +120,28 @@ def test_over_budget_run_writes_no_summary(tmp_path):
                   "seed": 0}, ResultsWriter(tmp_path), tmp_path, progress=lambda _: None)
     with pytest.raises(BudgetError):
         run.run(settings={})
-    assert read_records(tmp_path) == []
+    [failed] = read_records(tmp_path)  # the failed attempt is marked, nothing else written
+    assert failed["kind"] == "failed" and "budget" in failed["error"]
+
+
+class GrowingMemory(FixedScores):
+    """FixedScores whose side state grows by 10 bytes a task: 120, 130, 140 bytes."""
+
+    def memory(self, state):
+        return MemoryReport(learner_params=100, side_state=20 + 10 * state["t"])
+
+
+def test_a_run_over_budget_later_leaves_no_checkpoint_and_marks_its_lines(tmp_path):
+    stream = fake_stream()
+    config = tiny_config()
+    config.memory.budget_bytes = 125  # task 0 fits (120), task 1 does not (130)
+    spec = stream_spec(stream, config.memory)
+    run = RunLoop(GrowingMemory(config), stream, spec, config, {"run_id": "r", "strategy": "grow",
+                  "seed": 0}, ResultsWriter(tmp_path), tmp_path, progress=lambda _: None)
+    with pytest.raises(BudgetError, match="130"):
+        run.run(settings={})
+    [task_line] = read_records(tmp_path, kind="task")
+    [failed] = read_records(tmp_path, kind="failed")
+    assert task_line["task"] == 0 and failed["attempt"] == task_line["attempt"]
+    assert read_records(tmp_path, kind="summary") == []
+    assert not list((tmp_path / "checkpoints").glob("r*"))  # a rerun starts from task 0

@@ -92,3 +92,21 @@ def test_tensorboard_curves_match_the_results_and_continue_after_a_resume(tmp_pa
     task_lines = read_records(workdir, kind="task")
     charged = {r["task"]: r["charged_bytes"] / 1e6 for r in task_lines}
     assert dict(curves["memory/charged_mb"]) == pytest.approx(charged)
+
+
+def test_task_lines_record_every_epoch_loss_and_the_strategy_extras(tmp_path):
+    config = finetune_config()
+    config.strategies = ("finetune", "partial_sharing")
+    config.partial_sharing = {"shared_stages": 1}
+    experiment.run_experiment(config, str(tmp_path), progress=lambda _: None)
+    for line in read_records(tmp_path, kind="task"):
+        if line["strategy"] == "finetune":  # one fit a task: one loss an epoch
+            assert len(line["train_losses"]) == EPOCHS
+            assert all(0 < loss < 10 for loss in line["train_losses"])
+            assert line["strategy_stats"] == {}  # finetune declares no extras
+        else:  # partial sharing: its accounting of what the task stored and trained
+            assert line["strategy_stats"]["stored_bytes"] == line["memory"]["learner_params"]
+    [summary] = read_records(tmp_path, kind="summary")[1:]
+    last_task = [r for r in read_records(tmp_path, kind="task")
+                 if r["strategy"] == "partial_sharing"][-1]
+    assert summary["strategy_stats"] == last_task["strategy_stats"]

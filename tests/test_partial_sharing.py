@@ -82,7 +82,7 @@ def test_memory_is_parameter_count_times_dtype_size():
         report = strategy.memory(state)
         assert report.learner_params == (count_params(base) + t * count_params(branch)) * 4
         assert report.side_state == 0 and report.exemplars == 0  # no BatchNorm, nothing kept
-        stats = strategy.task_stats(state)
+        stats = strategy.extras(state)
         assert stats["stored_bytes"] == report.learner_params
         assert stats["params_trained"] == (count_params(branch) if t else count_params(base))
         assert stats["one_network_per_task_bytes"] == (count_params(base) * (t + 1)) * 4

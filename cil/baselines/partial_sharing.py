@@ -40,7 +40,7 @@ Memory (PROTOCOL.md): the trunk and the base network's tail when trained here, t
 and the calibration scalars are ``learner_params`` (a base loaded from a checkpoint is
 ``encoder_params`` instead); BatchNorm statistics are ``side_state``; kept images ``exemplars``.
 Branch slots not yet learned are preallocated zeros (fixed shapes: one compile per run) and hold
-nothing, so they are not charged. ``accounting(num_branches)`` / ``task_stats(state)`` give the
+nothing, so they are not charged. ``accounting(num_branches)`` / ``extras(state)`` give the
 figures PROTOCOL.md's categories cannot hold: parameters trained per task, bytes against one whole
 network per task, and XLA's FLOP counts for training and inference against finetuning one network.
 """
@@ -402,7 +402,7 @@ class PartialSharing(Strategy):
             exemplars=kept * (self.spec.image_bytes + 4),  # uint8 image + int32 label
             num_exemplars=kept)
 
-    def task_stats(self, state) -> dict:
+    def extras(self, state) -> dict:
         """Per-task figures beyond MemoryReport's categories (see ``accounting``)."""
         return self.accounting(int(state["num_branches"]))
 

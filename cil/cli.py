@@ -27,6 +27,7 @@ parallel.use_host_devices()  # before JAX starts: XLA:CPU gets one device per us
 parallel.use_compilation_cache()  # a rerun of a config loads its programs instead of compiling
 
 from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cil import launch, pretrain, sweep, tables  # noqa: E402
@@ -80,6 +81,8 @@ def parse_flags(argv):
 
 def run(argv):
     del argv
+    # Warnings and up: absl's app.run sets INFO, and Orbax logs every checkpoint step at INFO.
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         if parallel.initialize_distributed() and not parallel.first_process():
             # The first process prints (all compute); gloo's own lines go to fd 1 too.

@@ -11,7 +11,6 @@ after every task, so an interrupted run resumes at the next task with the same k
 from __future__ import annotations
 
 import os
-import pickle
 import platform
 import time
 import uuid
@@ -27,7 +26,8 @@ from cil import evaluation, launch, models, monitor, parallel, training
 from cil.data import sources, stream as streams
 from cil.errors import ConfigError, DivergenceError, RunError
 from cil.fields import Field, Flag, Integer, OneOf, Sequence, check
-from cil.results import ResultsWriter, stable_hash, writing
+from cil.results import ResultsWriter, stable_hash
+from cil.run_checkpoints import RunCheckpoints
 from cil.strategy import (MEMORY_FIELDS, Budget, StreamSpec, available_strategies, load_strategy,
                           strategy_config)
 from cil.timing import Stopwatch
@@ -164,22 +164,15 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     return summaries
 
 
-# What unpickling a cut or overwritten file raises (a truncated pickle: UnpicklingError or
-# EOFError; random bytes: any of the others).
-DAMAGED_PICKLE = (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
-                  AttributeError, OverflowError)
-
-
 class RunLoop:
     """One (strategy, seed) over the stream, resumable from its per-task checkpoint."""
 
     def __init__(self, strategy, stream, spec, config, header, writer, workdir, progress):
         self.strategy, self.stream, self.spec, self.config = strategy, stream, spec, config
         self.header, self.writer, self.progress = header, writer, progress
-        self.checkpoint_path = workdir / "checkpoints" / f"{header['run_id']}.pkl"
-        # The checkpoint before the latest: where a run resumes if the latest is damaged.
-        self.previous_path = self.checkpoint_path.with_suffix(".previous.pkl")
         self.tag = f"[{header['strategy']} seed {header['seed']}]"
+        self.checkpoints = RunCheckpoints(workdir / "checkpoints" / header["run_id"], progress,
+                                          self.tag)
         self.logdir = (workdir / "tensorboard"
                        / f"{header['strategy']}_seed{header['seed']}_{header['run_id'][:8]}")
 
@@ -189,7 +182,7 @@ class RunLoop:
             state = self.strategy.init(init_key, self.spec)
         progress = {"next_task": 0, "rows": [], "A": [], "tasks": [], "attempts": [],
                     "init_compile_seconds": init_watch.compile_seconds}
-        saved = self._load_checkpoint()
+        saved = self.checkpoints.latest(state)
         if saved is not None:
             progress, state = saved["progress"], saved["state"]
             self.progress(f"{self.tag} resuming at task {progress['next_task']}")
@@ -214,8 +207,7 @@ class RunLoop:
             self.monitor.close()
         summary = self._summary(progress, settings)
         self.writer.append(summary)
-        self.checkpoint_path.unlink(missing_ok=True)
-        self.previous_path.unlink(missing_ok=True)
+        self.checkpoints.delete()
         self.progress(f"{self.tag} done: avg_inc_acc {summary['avg_inc_acc']:.4f}, last_acc "
                       f"{summary['last_acc']:.4f}, forgetting {summary['forgetting']:.4f}, "
                       f"train {summary['train_seconds']:.1f}s")
@@ -265,9 +257,7 @@ class RunLoop:
         self.writer.append({"kind": "failed", **self.header, "attempt": progress["attempt"],
                             "error": str(error),
                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        if parallel.first_process():
-            self.checkpoint_path.unlink(missing_ok=True)
-            self.previous_path.unlink(missing_ok=True)
+        self.checkpoints.delete()
 
     def _summary(self, progress, settings) -> dict:
         tasks = progress["tasks"]
@@ -291,38 +281,9 @@ class RunLoop:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
 
-    def _load_checkpoint(self):
-        """The latest good checkpoint: the newest, else the one before it (a damaged file is
-        reported and moved aside), else None (the run starts from task 0). A crash between the
-        two renames of ``_save_checkpoint`` leaves only the one before: the run redoes a task."""
-        for path in (self.checkpoint_path, self.previous_path):
-            if not path.exists():
-                continue
-            try:
-                with open(path, "rb") as f:
-                    saved = pickle.load(f)
-                if not {"progress", "state"} <= set(saved):
-                    raise ValueError("it lacks the progress or the state")
-                return saved
-            except DAMAGED_PICKLE as error:  # not ImportError: a missing module is no damage
-                aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-                with writing(aside):
-                    os.replace(path, aside)
-                self.progress(f"warning: {self.tag} checkpoint {path} is damaged "
-                              f"({type(error).__name__}: {error}); moved to {aside}")
-        return None
-
     def _save_checkpoint(self, progress, state) -> None:
-        if not self.config.checkpoint or not parallel.first_process():
-            return
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        with writing(self.checkpoint_path):
-            self.checkpoint_path.parent.mkdir(exist_ok=True)
-            with open(tmp, "wb") as f:
-                pickle.dump({"progress": progress, "state": jax.device_get(state)}, f)
-            if self.checkpoint_path.exists():
-                os.replace(self.checkpoint_path, self.previous_path)
-            os.replace(tmp, self.checkpoint_path)
+        if self.config.checkpoint:
+            self.checkpoints.save(progress, state)
 
 
 def check_finite(state, where: str) -> None:

@@ -64,12 +64,19 @@ def test_a_run_finishes_in_a_workdir_with_a_damaged_line(tmp_path):
     assert [s["run_id"] for s in read_summaries(tmp_path)] == [first["run_id"]]
 
 
+def damage(step, change) -> None:
+    """Rewrites every file of a checkpoint step with ``change(its bytes)``."""
+    for path in step.rglob("*"):
+        if path.is_file():
+            path.write_bytes(change(path.read_bytes()))
+
+
 def interrupted_run(workdir, at="task 4/5"):
     """A finetune run stopped after task 3 of 5: two checkpoints on disk (after tasks 2 and 3)."""
     with pytest.raises(Interrupt):
         experiment.run_experiment(finetune_config(), str(workdir), progress=interrupt_at(at))
-    [latest] = (workdir / "checkpoints").glob("*[0-9a-f].pkl")
-    return latest, latest.with_suffix(".previous.pkl")
+    [run] = (workdir / "checkpoints").iterdir()
+    return run / "3", run / "2"  # Orbax steps: the next task to learn
 
 
 def test_a_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
@@ -78,15 +85,16 @@ def test_a_damaged_checkpoint_resumes_from_the_one_before(tmp_path):
     workdir = tmp_path / "damaged"
     latest, previous = interrupted_run(workdir)
     assert previous.exists()
-    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated
+    damage(latest, lambda data: data[: len(data) // 2])  # every file cut short
     messages = []
     [resumed] = experiment.run_experiment(finetune_config(), str(workdir),
                                           progress=messages.append)
     assert any(f"checkpoint {latest} is damaged" in m for m in messages)
     assert any("resuming at task 2" in m for m in messages)  # from the checkpoint after task 2
     assert resumed["acc_matrix"] == reference["acc_matrix"]
-    assert len(list(latest.parent.glob(latest.name + ".damaged-*"))) == 1  # kept, not deleted
-    assert not latest.exists() and not previous.exists()
+    aside = list(latest.parent.parent.glob(f"{latest.parent.name}.3.damaged-*"))
+    assert len(aside) == 1  # kept, not deleted
+    assert not latest.parent.exists()  # the run finished: its checkpoints are gone
 
 
 def test_with_every_checkpoint_damaged_the_run_starts_again(tmp_path):
@@ -94,7 +102,7 @@ def test_with_every_checkpoint_damaged_the_run_starts_again(tmp_path):
                                             progress=quiet)
     workdir = tmp_path / "damaged"
     for path in interrupted_run(workdir):
-        path.write_bytes(b"\x80\x04 not a pickle")
+        damage(path, lambda data: b"\x00 not a checkpoint")
     messages = []
     [rerun] = experiment.run_experiment(finetune_config(), str(workdir), progress=messages.append)
     assert sum("is damaged" in m for m in messages) == 2

@@ -61,7 +61,7 @@ def test_interrupted_run_resumes_with_identical_results(tmp_path):
     assert any("resuming at task 2" in m for m in messages)
     assert resumed["acc_matrix"] == reference["acc_matrix"]
     assert resumed["run_id"] == reference["run_id"]
-    assert not (workdir / "checkpoints" / f"{resumed['run_id']}.pkl").exists()
+    assert not (workdir / "checkpoints" / resumed["run_id"]).exists()
     # The interrupted attempt's task-3 line stays, told apart by its attempt id.
     tasks = [r for r in read_records(workdir, kind="task") if r["task"] == 2]
     assert len({r["attempt"] for r in tasks}) == 2

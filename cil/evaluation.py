@@ -72,12 +72,13 @@ def backward_transfer(acc_matrix: np.ndarray) -> float:
     return float(np.mean([acc_matrix[T - 1][j] - acc_matrix[j][j] for j in range(T - 1)]))
 
 
-def intransigence(acc_matrix, joint_acc_matrix) -> float:
-    """Mean over t >= 1 of a_joint[t][t] - a[t][t], given a joint run of the same stream."""
+def intransigence(acc_matrix, reference_acc_matrix) -> float:
+    """Mean over t >= 1 of a_ref[t][t] - a[t][t], given the reference run (joint, unless a table
+    names another: cil/aggregate.py) of the same stream and seed."""
     T = len(acc_matrix)
     if T < 2:
         return float("nan")
-    return float(np.mean([joint_acc_matrix[t][t] - acc_matrix[t][t] for t in range(1, T)]))
+    return float(np.mean([reference_acc_matrix[t][t] - acc_matrix[t][t] for t in range(1, T)]))
 
 
 def summary_metrics(acc_matrix: Sequence[Sequence[float]], A: Sequence[float]) -> dict:

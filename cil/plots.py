@@ -5,7 +5,8 @@
 
     accuracy_curve.png/.pdf      A[t] against the number of classes seen: one line per strategy,
                                  a band of ± one standard deviation over seeds; a panel per budget
-                                 (and grid value), unbudgeted runs (joint) drawn dashed in each
+                                 (and grid value); unbudgeted rows (sweep.unbudgeted: joint by
+                                 default) drawn dashed in each panel
     accuracy_vs_memory.png/.pdf  Ā and A_last against the total budget (memory-aligned sweeps), the
                                  AUC in the legend, unbudgeted runs as dashed horizontal lines
     matrix_<strategy>.png/.pdf   the accuracy matrix a[t][j] of one run as a heat map (by default

@@ -2,6 +2,7 @@
 
     python -m cil.report /tmp/sweep                       # writes /tmp/sweep/report.html
     python -m cil.report /tmp/s/0 /tmp/s/1 --out=/tmp/paper/sweep.html   # shards merge
+    python -m cil.report /tmp/sweep --reference=replay    # I against replay, as cil.tables'
 
     table = tables.load("/tmp/sweep")
     Path("report.html").write_text(html_report(table))
@@ -151,9 +152,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("workdirs", nargs="+", help="workdirs of one stream (shards of a grid)")
     parser.add_argument("--out", help=f"the HTML file (a folder: {DEFAULT_NAME} in it; default: "
                                       f"{DEFAULT_NAME} in the first workdir)")
+    parser.add_argument("--reference", default=tables.DEFAULT_REFERENCE,
+                        help="the strategy intransigence I is measured against, as in "
+                             "python -m cil.tables (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        table = tables.load(*args.workdirs)
+        table = tables.load(*args.workdirs, reference=args.reference)
         if not table.rows:
             raise DataError(f"no finished runs in {', '.join(args.workdirs)} (no summary lines "
                             f"in results.jsonl); run python run.py --workdir=... first")

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from cil import report, tables
-from tests.test_tables import fixed_runs, memory_aligned_runs, summary, write_results
+from tests.test_tables import (fixed_runs, memory_aligned_runs, replay_reference_runs, summary,
+                               write_results)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_TIMEOUT = 120  # seconds; it takes 1-5 s on the 2-core development machine
@@ -127,6 +128,22 @@ def test_command_writes_the_page_merges_shards_and_fails_in_one_line(tmp_path, c
         assert report.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_reference_option_gives_the_tables_intransigence(tmp_path):
+    workdir = write_results(tmp_path / "runs", replay_reference_runs())
+    out = tmp_path / "page.html"
+    assert report.main([workdir, "--reference=replay", f"--out={out}"]) == 0
+    page = out.read_text(encoding="utf-8")
+    table = tables.load(workdir, reference="replay")
+    main, _ = expected_rows(table)
+    assert row_html(main[0], "th") in page
+    for cells in main[1:]:
+        assert row_html(cells) in page
+    assert "15.00 ± 5.00" in page  # test_tables' hand computation against replay
+    assert html.escape("a_replay[t][t]") in page and "a_joint" not in page
+    assert report.main([workdir, f"--out={out}"]) == 0  # joint by default
+    assert "25.00 ± 5.00" in out.read_text(encoding="utf-8")
 
 
 def test_python_dash_m_writes_the_page(tmp_path):

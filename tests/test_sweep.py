@@ -109,7 +109,7 @@ def test_sharded_memory_aligned_sweep_merges_into_one_table(tmp_path):
     # finetune keeps only its network: the same run at both budgets, so AUC = Ā x budget range
     avg = table.rows[0].runs[0]["avg_inc_acc"]
     assert finetune.stats["auc_a"][0] == pytest.approx(avg * 0.02)
-    assert table.rows[0].joint_basis == "same seed"
+    assert table.rows[0].reference_basis == "same seed"
 
     # Run ids depend on settings, not on the shard: the whole grid over the merged results is done.
     merged = tmp_path / "merged"

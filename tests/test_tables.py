@@ -1,6 +1,7 @@
 """Tables from fixed results files: hand-computed means, stds, intransigence and AUC.
 
-Runs of different streams or evaluation settings are refused.
+Runs of different streams or evaluation settings are refused. Intransigence is measured against
+the reference strategy (joint unless --reference names another), with hand-computed numbers.
 """
 
 import csv
@@ -8,7 +9,7 @@ import math
 
 import pytest
 
-from cil import tables
+from cil import aggregate, tables
 from cil.errors import ConfigError
 from cil.results import ResultsWriter
 
@@ -69,7 +70,7 @@ def test_means_and_stds_match_hand_computation(tmp_path):
     assert joint.stats["avg_inc_acc"] == pytest.approx((92.0, math.sqrt(8.0)))
     # a_joint[1][1] - a[1][1]: 0.9 - 0.7 and 0.8 - 0.5 (same seed); seed 2: mean(0.9, 0.8) - 0.6
     assert finetune.stats["intransigence"] == pytest.approx((25.0, 5.0))
-    assert finetune.joint_basis == "seed 2 against the mean of joint seeds 0, 1"
+    assert finetune.reference_basis == "seed 2 against the mean of joint seeds 0, 1"
     text = tables.markdown_table(table)
     assert "| finetune † | 3 | 60.00 ± 10.00 | 30.00 ± 10.00 |" in text
     assert "25.00 ± 5.00" in text and "92.00 ± 2.83" in text
@@ -167,3 +168,116 @@ def test_shards_merge_and_a_run_found_twice_counts_once(tmp_path):
 def test_empty_workdir_is_a_one_line_error(tmp_path, capsys):
     assert tables.main([str(tmp_path)]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def replay_reference_runs():
+    """fixed_runs and replay on seeds 0 and 1 (a[1][1] = 0.8, 0.7): a second possible reference."""
+    return fixed_runs() + [summary("replay", 0, avg=0.8, diag=0.8, memory=2_000_000),
+                           summary("replay", 1, avg=0.7, diag=0.7, memory=2_000_000)]
+
+
+def test_the_reference_is_joint_by_default_and_one_implementation():
+    assert tables.DEFAULT_REFERENCE == aggregate.DEFAULT_REFERENCE == "joint"
+    assert tables.load is aggregate.load and tables.Table is aggregate.Table
+
+
+def test_reference_replay_measures_intransigence_against_replays_runs(tmp_path):
+    workdir = write_results(tmp_path, replay_reference_runs())
+    table = tables.load(workdir, reference="replay")
+    assert table.reference == "replay"
+    # The reference row comes last, as joint does by default.
+    finetune, joint, replay = table.rows
+    assert [r.strategy for r in table.rows] == ["finetune", "joint", "replay"]
+    # a_replay[1][1] - a[1][1]: 0.8 - 0.7 and 0.7 - 0.5 (same seed); seed 2: mean(0.8, 0.7) - 0.6
+    assert finetune.stats["intransigence"] == pytest.approx((15.0, 5.0))
+    assert finetune.reference_basis == "seed 2 against the mean of replay seeds 0, 1"
+    # joint: 0.8 - 0.9 and 0.7 - 0.8; replay against itself: 0
+    assert joint.stats["intransigence"] == pytest.approx((-10.0, 0.0))
+    assert joint.reference_basis == "same seed"
+    assert replay.stats["intransigence"] == pytest.approx((0.0, 0.0))
+    text = tables.markdown_table(table)
+    assert ("| finetune † | 3 | 60.00 ± 10.00 | 30.00 ± 10.00 | 55.00 ± 0.00 | "
+            "-55.00 ± 0.00 | 15.00 ± 5.00 |") in text
+    assert "I = mean over t ≥ 1 of a_replay[t][t] − a[t][t]" in text
+    assert "a_joint" not in text
+    assert ("I compares each run with the replay run of the same seed (†: where no replay run "
+            "has that seed, with the mean of the replay seeds: seed 2 against the mean of "
+            "replay seeds 0, 1).") in text
+
+    # The default on the same runs: joint, as before; replay 0.9 - 0.8 and 0.8 - 0.7.
+    default = tables.load(workdir)
+    assert default.reference == "joint"
+    assert [r.strategy for r in default.rows] == ["finetune", "replay", "joint"]
+    assert default.rows[0].stats["intransigence"] == pytest.approx((25.0, 5.0))
+    assert default.rows[1].stats["intransigence"] == pytest.approx((10.0, 0.0))
+    assert "a_joint[t][t]" in tables.markdown_table(default)
+
+
+def test_reference_option_of_the_command(tmp_path, capsys):
+    workdir = write_results(tmp_path / "runs", replay_reference_runs())
+    assert tables.main([workdir, "--reference=replay", "--out", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "15.00 ± 5.00" in out and "a_replay[t][t]" in out and "note:" not in err
+    rows = list(csv.DictReader((tmp_path / "out" / "table.csv").read_text().splitlines()))
+    assert [r["strategy"] for r in rows] == ["finetune", "joint", "replay"]
+    assert float(rows[0]["intransigence_pct_mean"]) == pytest.approx(15.0)
+    assert [r["reference"] for r in rows] == ["replay"] * 3
+    assert rows[1]["reference_basis"] == "same seed"
+    latex = (tmp_path / "out" / "table.tex").read_text()
+    assert r"a^{\mathrm{replay}}_{t,t}" in latex and "the replay run of the same seed" in latex
+
+    assert tables.main([workdir, "--out", str(tmp_path / "default")]) == 0  # joint by default
+    out, err = capsys.readouterr()
+    assert "25.00 ± 5.00" in out and "a_joint[t][t]" in out and "note:" not in err
+
+
+def test_a_reference_without_runs_leaves_the_column_out(tmp_path, capsys):
+    workdir = write_results(tmp_path / "runs", fixed_runs())
+    table = tables.load(workdir, reference="icarl")
+    assert not table.has_reference and not table.has_intransigence
+    assert all("intransigence" not in row.stats and row.reference_basis is None
+               for row in table.rows)
+    text = tables.markdown_table(table)
+    assert "I (%)" not in text and "I compares" not in text and "icarl" not in text
+    # joint is then an ordinary row, in the order met
+    assert [r.strategy for r in table.rows] == ["finetune", "joint"]
+    assert tables.main([workdir, "--reference=icarl", "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "note: no runs of --reference=icarl (strategies: finetune, joint)" in err
+    header = (tmp_path / "out" / "table.csv").read_text().splitlines()[0]
+    assert "intransigence" not in header
+
+
+def test_a_budgeted_reference_compares_at_the_same_budget(tmp_path):
+    """Replay at 1 and 2 MB as the reference: each finetune row compares at its own budget."""
+    runs = [summary("replay", 0, budget=1_000_000, diag=0.6),
+            summary("replay", 1, budget=1_000_000, diag=0.6),
+            summary("replay", 0, budget=2_000_000, diag=0.8),
+            summary("replay", 1, budget=2_000_000, diag=0.8),
+            summary("finetune", 0, budget=1_000_000, diag=0.5),
+            summary("finetune", 1, budget=1_000_000, diag=0.4),
+            summary("finetune", 0, budget=2_000_000, diag=0.5),
+            summary("finetune", 1, budget=2_000_000, diag=0.5),
+            summary("finetune", 0, budget=4_000_000, diag=0.5),  # replay has no 4 MB run
+            summary("joint", 0)]                                  # nor an unbudgeted one
+    table = tables.load(write_results(tmp_path, runs), reference="replay")
+    assert [(r.strategy, r.budget) for r in table.rows] == [
+        ("finetune", 1_000_000), ("finetune", 2_000_000), ("finetune", 4_000_000),
+        ("joint", None), ("replay", 1_000_000), ("replay", 2_000_000)]
+    at_1, at_2, at_4, joint, *_ = table.rows
+    # 1 MB: 0.6 - 0.5 and 0.6 - 0.4; 2 MB: 0.8 - 0.5 twice (not the mean over replay's budgets)
+    assert at_1.stats["intransigence"] == pytest.approx((15.0, math.sqrt(50.0)))
+    assert at_2.stats["intransigence"] == pytest.approx((30.0, 0.0))
+    assert "intransigence" not in at_4.stats and "intransigence" not in joint.stats
+    text = tables.markdown_table(table)
+    assert "| joint | — | 1 | 50.00 | 30.00 | 55.00 | -55.00 | — | 1.000 | 1.00 |" in text
+    assert "I compares each run with the replay run of the same seed and budget." in text
+
+
+def test_a_reference_name_is_escaped_in_latex(tmp_path):
+    runs = [summary("finetune", 0, diag=0.5), summary("partial_sharing", 0, diag=0.7)]
+    table = tables.load(write_results(tmp_path, runs), reference="partial_sharing")
+    assert table.rows[0].stats["intransigence"] == pytest.approx((20.0, 0.0))
+    latex = tables.latex_table(table)
+    assert r"a^{\mathrm{partial\_sharing}}_{t,t}" in latex
+    assert r"the partial\_sharing run of the same seed" in latex

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cil import parallel
+from cil.training import mask_unseen
 from cil.data.stream import TaskSpan
 from cil.errors import BudgetError
 from cil.strategy import Budget, MemoryReport, Strategy
@@ -27,8 +28,7 @@ from cil.strategy import Budget, MemoryReport, Strategy
 
 @jax.jit
 def _masked_argmax(scores, num_seen):
-    classes = jnp.arange(scores.shape[-1])
-    return jnp.argmax(jnp.where(classes < num_seen, scores, -jnp.inf), axis=-1)
+    return jnp.argmax(mask_unseen(scores, num_seen), axis=-1)
 
 
 def predict_seen(strategy: Strategy, state, images: np.ndarray, num_seen: int,

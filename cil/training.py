@@ -228,6 +228,8 @@ def has_convolution(graphdef) -> bool:
 
 
 def mask_unseen(logits, num_seen):
+    """Scores of classes not seen yet (index >= ``num_seen``) set to NEG_INF: the one mask of the
+    suite, for losses and for the evaluator's arg-max alike."""
     classes = jnp.arange(logits.shape[-1])
     return jnp.where(classes < num_seen, logits, NEG_INF)
 

@@ -17,7 +17,7 @@ classes share few keys (benchmarks/dkvb_fmnist.md: 59.6 % A_last on a 50,000-ima
 ``"file"`` unlabelled images saved with np.save. benchmarks/dkvb_fmnist.py runs the comparison
 with a pretrained encoder and keys from held-out images.
 
-Sizes (cil/baselines/dkvb.py says why): default 64 x 512 x 14, 20 epochs of values per task (the
+Sizes (cil/baselines/dkvb/ says why): default 64 x 512 x 14, 20 epochs of values per task (the
 values converge within 20 on this stream: 100 and 300 gave the same accuracy); ``paper``: 256 x
 4,096 x 14 and 500 epochs, as the authors' CIFAR runs (SGD lr 0.3, batch 256, clipping 1.0, label
 smoothing 0.1, keys by EMA with decay 0.95 over 10 epochs; all of these are the strategy defaults).

@@ -1,4 +1,4 @@
-"""DKVB (cil/baselines/dkvb.py, cil/dkvb_keys.py): lookup, key initialisation, local updates, masking.
+"""DKVB (cil/baselines/dkvb/, cil/baselines/dkvb/keys.py): lookup, key initialisation, local updates, masking.
 
 The strategy is driven through its feature-level functions (``init_state``, ``with_keys``,
 ``learn_features``, ``predict_features``), except where ``learn`` itself is the point.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cil.baselines.dkvb import DKVB
-from cil import dkvb_keys
+from cil.baselines.dkvb import keys as dkvb_keys
 from cil.data.stream import Task, split_tasks
 from cil.errors import ConfigError, DataError
 from cil.strategy import Budget, StreamSpec, load_strategy

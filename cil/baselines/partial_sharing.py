@@ -62,7 +62,7 @@ from cil.errors import ConfigError
 from cil.fields import Field, Integer, Number, OneOf, Optional, Text
 from cil.models.networks import Network
 from cil.strategy import Learned, MemoryReport, Strategy, StreamSpec, pytree_bytes
-from cil.training import Trainer
+from cil.training import Trainer, mask_unseen
 
 MERGES = ("softmax", "logits")
 # The calibration fit has two parameters per branch (log-scale, offset): Adam at this rate settles
@@ -319,14 +319,13 @@ class PartialSharing(Strategy):
                                jnp.int32(branch), jnp.int32(num_seen))
 
     def _calibrate_impl(self, calibration, logits, labels, branch, num_seen):
-        seen = jnp.arange(logits.shape[1]) < num_seen
         kept = (labels >= 0).astype(jnp.float32)
 
         def loss(own):
             scores = merge_scores(logits, calibration.at[branch].set(own), self.group,
                                   self.config.strategy.merge)
             xent = optax.softmax_cross_entropy_with_integer_labels(
-                jnp.where(seen, scores, -1e9), jnp.maximum(labels, 0))
+                mask_unseen(scores, num_seen), jnp.maximum(labels, 0))
             return jnp.sum(xent * kept) / jnp.maximum(jnp.sum(kept), 1.0)
 
         optimizer = optax.adam(_CALIBRATION_LR)

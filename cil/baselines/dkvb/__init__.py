@@ -7,7 +7,7 @@
     python run.py --config=configs/dkvb_fmnist.py:paper      # the paper's 256 x 4,096 x 14
 
 Träuble et al., "Discrete Key-Value Bottleneck" (ICML 2023), as their code runs it. A frozen
-encoder's feature goes through C fixed random projections (cil/dkvb_keys.py); in each codebook
+encoder's feature goes through C fixed random projections (cil/baselines/dkvb/keys.py); in each codebook
 the nearest key selects a value holding one score per class; the class scores are the mean of the
 C fetched values (their "codebook-voting-logits" decoder, which has no parameters). The keys are
 fitted once to unlabelled data, then frozen; only the values learn, by SGD on cross-entropy with
@@ -59,7 +59,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from cil import dkvb_keys, encoders, models, parallel
+from cil import encoders, models, parallel
+from cil.baselines.dkvb import keys as dkvb_keys
 from cil.data import sources
 from cil.errors import ConfigError, DataError
 from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence, Text

@@ -7,7 +7,8 @@
 
 Each checkpoint is a step of an ``orbax.checkpoint.CheckpointManager`` in the run's folder: the
 leaves of the strategy's state (arrays, NumPy arrays, Python scalars; read back on the host as
-NumPy) as an Orbax pytree, and the run's progress (task records, accuracy rows) as JSON. The
+NumPy) as an Orbax pytree, and the run's progress (task records, accuracy rows) as JSON, with the
+shapes of empty arrays (Orbax saves none; they come back as zeros). The
 state's structure (Flax ``State`` objects, tuples, ...) is not saved: ``latest`` puts the leaves
 back into the structure of a fresh ``init`` state, which every strategy keeps for the whole run
 (its leaves may change shape; a checkpoint with another number of leaves is refused as damaged).
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 import jax
+import numpy as np
 
 from cil import parallel
 from cil.results import writing
@@ -57,9 +59,14 @@ class RunCheckpoints:
         ocp = _orbax()
         with writing(self.folder), self._manager() as manager:
             leaves = jax.tree.leaves(jax.device_get(state))
+            # Orbax refuses arrays with no elements (a buffer of zero slots): their shapes and
+            # dtypes go in the JSON, and they come back as zeros.
+            empty = {str(i): {"shape": list(np.shape(leaf)), "dtype": str(np.asarray(leaf).dtype)}
+                     for i, leaf in enumerate(leaves) if np.size(leaf) == 0}
             manager.save(progress["next_task"], args=ocp.args.Composite(
-                state=ocp.args.StandardSave({str(i): leaf for i, leaf in enumerate(leaves)}),
-                progress=ocp.args.JsonSave(progress)))
+                state=ocp.args.StandardSave({str(i): leaf for i, leaf in enumerate(leaves)
+                                             if str(i) not in empty}),
+                progress=ocp.args.JsonSave({"progress": progress, "empty_leaves": empty})))
 
     def latest(self, template) -> dict | None:
         """The newest readable checkpoint, its state in ``template``'s structure, else None."""
@@ -73,9 +80,12 @@ class RunCheckpoints:
                 with self._manager() as manager:
                     restored = manager.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()))
-                progress, flat = restored["progress"], jax.device_get(restored["state"])
+                saved = restored["progress"]
+                progress, flat = saved["progress"], dict(jax.device_get(restored["state"]))
                 if not isinstance(progress, dict) or progress.get("next_task") != step:
                     raise ValueError("its progress does not match its step")
+                flat.update({i: np.zeros(e["shape"], e["dtype"])
+                             for i, e in saved["empty_leaves"].items()})
                 treedef = jax.tree.structure(template)
                 if len(flat) != treedef.num_leaves:
                     raise ValueError(f"it holds {len(flat)} arrays where the strategy's state "

@@ -1,5 +1,6 @@
 """run.py from the shell: the default job works, and mistakes give one line, exit 2, no results."""
 
+import json
 import os
 import subprocess
 import sys
@@ -48,7 +49,9 @@ def test_mistakes_give_one_line_and_no_results(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
-    assert not (tmp_path / "results.jsonl").exists()
+    results = tmp_path / "results.jsonl"  # nothing, or a run's 'failed' line: no result
+    assert not results.exists() or {json.loads(line)["kind"] for line in
+                                     results.read_text().splitlines()} == {"failed"}
 
 
 def test_the_command_runs_from_another_folder(tmp_path):

@@ -69,9 +69,15 @@ METRICS = (
     Metric("forgetting", "F (%)", r"$F$ (\%)", 100.0, 2, "forgetting_pct"),
     Metric("bwt", "BWT (%)", r"BWT (\%)", 100.0, 2, "bwt_pct"),
     Metric("intransigence", "I (%)", r"$I$ (\%)", 100.0, 2, "intransigence_pct"),
+    # cil/evaluators.py's task_given: columns only when every run of the table has them
+    Metric("task_given_avg_inc_acc", "Ā task given (%)", r"$\bar{A}$ task given (\%)", 100.0, 2,
+           "task_given_avg_inc_acc_pct"),
+    Metric("task_given_last_acc", "A_last task given (%)", r"$A_{\mathrm{last}}$ task given (\%)",
+           100.0, 2, "task_given_last_acc_pct"),
     Metric("memory_bytes", "memory (MB)", r"Memory (MB)", 1e-6, 3, "memory_mb"),
     Metric("train_seconds", "train (s)", r"Train (s)", 1.0, 2, "train_seconds"),
 )
+OPTIONAL_METRICS = ("task_given_avg_inc_acc", "task_given_last_acc")  # not in every summary
 AUC_METRICS = (  # fraction x MB
     Metric("auc_a", "AUC-A", r"AUC-$\bar{A}$", 1.0, 4, "auc_a"),
     Metric("auc_l", "AUC-L", r"AUC-$A_{\mathrm{last}}$", 1.0, 4, "auc_l"),
@@ -141,7 +147,9 @@ class Table:
         return any(row.strategy == self.reference for row in self.rows)
 
     def metrics(self) -> list[Metric]:
-        return [m for m in METRICS if m.key != "intransigence" or self.has_intransigence]
+        return [m for m in METRICS if (m.key != "intransigence" or self.has_intransigence)
+                and (m.key not in OPTIONAL_METRICS
+                     or all(m.key in row.stats for row in self.rows))]
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -259,7 +267,7 @@ def fill_statistics(rows: list[Row], label_keys: list[str],
         fallbacks = []
         for run in row.runs:
             for m in METRICS:
-                if m.key != "intransigence":
+                if m.key != "intransigence" and m.key in run:
                     values[m.key].append(run[m.key] * m.scale)
             compared, basis = reference_runs(row, run, references, label_keys)
             if compared:

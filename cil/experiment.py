@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cil import evaluation, launch, models, monitor, parallel, training
+from cil import evaluation, evaluators, launch, models, monitor, parallel, training
 from cil.data import sources, stream as streams
 from cil.errors import ConfigError, DivergenceError, RunError
 from cil.fields import Field, Flag, Integer, OneOf, Sequence, check
@@ -48,6 +48,8 @@ def fields() -> dict:
                                            distinct=True), "one run per strategy and seed"),
         "eval_batch_size": Field(1000, Integer(min=1), "test images per prediction call"),
         "checkpoint": Field(True, Flag(), "save the state after every task, to resume"),
+        "evaluators": Field((), Sequence(OneOf(*evaluators.NAMES), distinct=True),
+                            "measured beside the accuracy matrix (cil/evaluators.py)"),
         "monitor": monitor.FIELDS,
         "launch": launch.FIELDS,
     }
@@ -102,7 +104,8 @@ def stream_identity(config, stream: streams.Stream) -> dict:
 def run_config(name: str, config) -> dict:
     """The settings one strategy's run depends on (its own section, model, training, memory...)."""
     merged = strategy_config(name, config).to_dict()
-    for key in ("strategies", "seeds", "monitor", "launch", *available_strategies()):
+    # What is printed, launched or measured beside the matrix does not change what is learned.
+    for key in ("strategies", "seeds", "monitor", "launch", "evaluators", *available_strategies()):
         merged.pop(key, None)
     return merged
 
@@ -227,9 +230,13 @@ class RunLoop:
         evaluation.check_budget(report, self.spec.budget, self.header["strategy"], t)
         test = self.stream.test_seen(t)
         num_seen = self.stream.seen_classes(t)
+        names = tuple(self.config.evaluators)
         with Stopwatch() as eval_watch:
             predictions = evaluation.predict_seen(self.strategy, state, test.images, num_seen,
                                                   self.config.eval_batch_size)
+            figures = evaluators.run_evaluators(
+                names, self.strategy, state, test.images, test.labels, self.stream.tasks[: t + 1],
+                self.spec.num_classes, self.config.eval_batch_size, predictions)
         row, A_t = evaluation.accuracy_row(predictions, test.labels, self.stream.tasks[: t + 1])
         record = {
             "kind": "task", **self.header, "attempt": progress["attempt"], "task": t,
@@ -238,6 +245,7 @@ class RunLoop:
             "charged_bytes": report.charged_bytes(self.spec.budget),
             "trained_examples": learned.trained_examples,
             "train_losses": self.monitor.task_losses,
+            **({"evaluations": figures} if names else {}),
             "strategy_stats": self.strategy.extras(state),
             "train_seconds": train_watch.seconds, "eval_seconds": eval_watch.seconds,
             "compile_seconds": train_watch.compile_seconds + eval_watch.compile_seconds,
@@ -264,6 +272,8 @@ class RunLoop:
         train_seconds = sum(r["train_seconds"] for r in tasks)
         trained = sum(r["trained_examples"] for r in tasks)
         memory_by_category = {k: max(r["memory"][k] for r in tasks) for k in tasks[0]["memory"]}
+        names = tuple(self.config.evaluators)
+        evaluations, flat = evaluators.summarize(names, tasks)
         return {
             "kind": "summary", **self.header, "attempts": progress["attempts"],
             "acc_matrix": progress["rows"], "A": progress["A"],
@@ -277,6 +287,7 @@ class RunLoop:
             "trained_examples": trained,
             "train_images_per_second": trained / max(train_seconds, 1e-9),
             "strategy_stats": tasks[-1].get("strategy_stats", {}),  # none before 2026-12-03
+            **({"evaluations": evaluations, **flat} if names else {}),
             "device": device_description(), "config": settings,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }

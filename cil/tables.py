@@ -99,6 +99,8 @@ FORMULAS = {  # metric key -> (Markdown, LaTeX), PROTOCOL.md's definitions
         r"$F = \frac{1}{T-1}\sum_{j<T-1} \big(\max_{l\in[j,T-2]} a_{l,j} - a_{T-1,j}\big)$"),
     "bwt": ("BWT = mean over j < T−1 of a[T−1][j] − a[j][j]",
             r"$\mathrm{BWT} = \frac{1}{T-1}\sum_{j<T-1} (a_{T-1,j} - a_{j,j})$"),
+    "task_given_last_acc": ("task given: each example's arg-max over its own task's classes",
+                            r"task given: each example's arg-max over its own task's classes"),
 }
 
 

@@ -72,8 +72,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# Requeued jobs wait cred_expire seconds (default 120) before they may start again.
-AuthInfo=cred_expire=20
+# Requeued jobs wait cred_expire seconds (default 120) before they may start again; 10 keeps
+# the preemption test short.
+AuthInfo=cred_expire=10
 MpiDefault=none
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc

@@ -13,6 +13,7 @@ lower-triangular; entries above the diagonal are NaN in arrays and absent in res
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import jax
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cil import parallel
-from cil.training import mask_unseen
+from cil.training import NEG_INF, mask_unseen
 from cil.data.stream import TaskSpan
 from cil.errors import BudgetError
 from cil.strategy import Budget, MemoryReport, Strategy
@@ -31,17 +32,38 @@ def _masked_argmax(scores, num_seen):
     return jnp.argmax(mask_unseen(scores, num_seen), axis=-1)
 
 
+@jax.jit
+def _argmax_within(scores, allowed):
+    return jnp.argmax(jnp.where(allowed, scores, NEG_INF), axis=-1)
+
+
 def predict_seen(strategy: Strategy, state, images: np.ndarray, num_seen: int,
                  batch_size: int) -> np.ndarray:
     """Arg-max over the classes seen so far, in fixed-size batches (the last one padded).
 
     Fixed shapes mean ``predict`` compiles once per run, whatever the test set's size.
     """
-    predictions = []
-    for batch, real in parallel.fixed_size_batches(images, batch_size):
+    return predict_seen_and_within(strategy, state, images, num_seen, batch_size)[0]
+
+
+def predict_seen_and_within(strategy: Strategy, state, images: np.ndarray, num_seen: int,
+                            batch_size: int, within: np.ndarray | None = None):
+    """``predict_seen``'s arg-max and, when ``within`` ((N, classes) bool) is given, each
+    example's arg-max over its own allowed classes (the task-given evaluator, cil/evaluators.py),
+    from the same scores: one ``predict`` per batch. The second is None without ``within``."""
+    seen, restricted = [], []
+    masks = (parallel.fixed_size_batches(within, batch_size) if within is not None
+             else itertools.repeat((None, 0)))
+    for (batch, real), (mask, _) in zip(parallel.fixed_size_batches(images, batch_size), masks):
         scores = strategy.predict(state, batch)
-        predictions.append(parallel.to_host(_masked_argmax(scores, num_seen))[:real])
-    return np.concatenate(predictions) if predictions else np.zeros((0,), np.int32)
+        seen.append(parallel.to_host(_masked_argmax(scores, num_seen))[:real])
+        if mask is not None:
+            restricted.append(parallel.to_host(_argmax_within(scores, mask))[:real])
+    return _joined(seen), (_joined(restricted) if within is not None else None)
+
+
+def _joined(parts) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
 
 
 def accuracy_row(predictions: np.ndarray, labels: np.ndarray,

@@ -1,8 +1,10 @@
 """Evaluators by name: what each task's test pass measures beside the class-incremental accuracy.
 
     config.evaluators = ("task_given", "per_class")     # default (): the accuracy matrix only
-    figures = run_evaluators(names, strategy, state, test, seen_tasks, num_seen, batch_size,
-                             predictions)               # {name: figures} for the task line
+    within = task_masks(test.labels, seen_tasks, num_classes)     # only if "task_given" is asked
+    predictions, task_given = evaluation.predict_seen_and_within(strategy, state, test.images,
+                                                                 num_seen, batch_size, within)
+    figures = run_evaluators(names, predictions, task_given, test.labels, seen_tasks)
     summary = summarize(names, task_records)            # {name: figures} for the summary line
 
 The class-incremental accuracy matrix (cil/evaluation.py, PROTOCOL.md) is always computed; these
@@ -13,52 +15,38 @@ add to it, and their figures go under ``evaluations`` in the task and summary li
   judged on in its paper). Per task t: the row a_tg[t][j] over seen tasks j and A_tg[t] over all
   seen test examples; in the summary the matrix, Ā and A_last of those (PROTOCOL.md's formulas),
   and ``task_given_last_acc`` / ``task_given_avg_inc_acc`` flat, which cil.tables shows as columns
-  when every run of a table has them. It predicts the test set a second time.
+  when every run of a table has them. It reads the same scores as the accuracy row (one
+  ``predict`` a batch: cil/evaluation.py ``predict_seen_and_within``).
 - ``per_class``: the accuracy of each seen class (stream label -> accuracy), from the same
   predictions as the accuracy row; the summary keeps the last task's.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from cil import evaluation, parallel
+from cil import evaluation
 
 NAMES = ("task_given", "per_class")
 
 
-@jax.jit
-def _argmax_within(scores, allowed):
-    return jnp.argmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
-
-
-def task_given_predictions(strategy, state, images, labels, seen_tasks, num_classes: int,
-                           batch_size: int) -> np.ndarray:
-    """The arg-max of each example's scores over its own task's classes."""
+def task_masks(labels: np.ndarray, seen_tasks, num_classes: int) -> np.ndarray:
+    """(N, classes) bool: the classes of each example's own task."""
     task_classes = np.zeros((len(seen_tasks), num_classes), bool)
     task_of_label = np.full(num_classes, -1)
     for t, span in enumerate(seen_tasks):
         task_classes[t, list(span.classes)] = True
         task_of_label[list(span.classes)] = t
-    allowed = task_classes[task_of_label[labels]]  # (N, C)
-    predictions = []
-    for (batch, real), (mask, _) in zip(parallel.fixed_size_batches(images, batch_size),
-                                        parallel.fixed_size_batches(allowed, batch_size)):
-        scores = strategy.predict(state, batch)
-        predictions.append(parallel.to_host(_argmax_within(scores, mask))[:real])
-    return np.concatenate(predictions)
+    return task_classes[task_of_label[labels]]
 
 
-def run_evaluators(names, strategy, state, images, labels, seen_tasks, num_classes: int,
-                   batch_size: int, predictions: np.ndarray) -> dict:
-    """{name: figures} of one task's test pass; ``predictions`` are the class-incremental ones."""
+def run_evaluators(names, predictions: np.ndarray, task_given: np.ndarray | None,
+                   labels: np.ndarray, seen_tasks) -> dict:
+    """{name: figures} of one task's test pass: ``predictions`` are the class-incremental ones,
+    ``task_given`` the arg-max within each example's task (``task_masks``), when asked for."""
     figures = {}
     if "task_given" in names:
-        given = task_given_predictions(strategy, state, images, labels, seen_tasks, num_classes,
-                                       batch_size)
-        row, A_t = evaluation.accuracy_row(given, labels, seen_tasks)
+        row, A_t = evaluation.accuracy_row(task_given, labels, seen_tasks)
         figures["task_given"] = {"acc_row": row, "A": A_t}
     if "per_class" in names:
         correct = predictions == labels

@@ -230,14 +230,15 @@ class RunLoop:
         evaluation.check_budget(report, self.spec.budget, self.header["strategy"], t)
         test = self.stream.test_seen(t)
         num_seen = self.stream.seen_classes(t)
-        names = tuple(self.config.evaluators)
+        names, seen_tasks = tuple(self.config.evaluators), self.stream.tasks[: t + 1]
+        within = (evaluators.task_masks(test.labels, seen_tasks, self.spec.num_classes)
+                  if "task_given" in names else None)
         with Stopwatch() as eval_watch:
-            predictions = evaluation.predict_seen(self.strategy, state, test.images, num_seen,
-                                                  self.config.eval_batch_size)
-            figures = evaluators.run_evaluators(
-                names, self.strategy, state, test.images, test.labels, self.stream.tasks[: t + 1],
-                self.spec.num_classes, self.config.eval_batch_size, predictions)
-        row, A_t = evaluation.accuracy_row(predictions, test.labels, self.stream.tasks[: t + 1])
+            predictions, task_given = evaluation.predict_seen_and_within(
+                self.strategy, state, test.images, num_seen, self.config.eval_batch_size, within)
+        figures = evaluators.run_evaluators(names, predictions, task_given, test.labels,
+                                            seen_tasks)
+        row, A_t = evaluation.accuracy_row(predictions, test.labels, seen_tasks)
         record = {
             "kind": "task", **self.header, "attempt": progress["attempt"], "task": t,
             "num_seen_classes": num_seen, "acc_row": row, "A": A_t,

@@ -13,8 +13,8 @@ them as ``--shard_index/--num_shards`` split it), and for SLURM ``partition``, `
 ``gpus_per_node``, ``cpus_per_task``, ``mem_gb``, ``array_parallelism`` (array tasks at once),
 ``signal_delay_s``, and ``nodes`` x ``tasks_per_node``: with more than one process a shard is one
 JAX run over all their devices (``jax.distributed``, cil/parallel.py ``initialize_distributed``),
-the first process writing its results. Shard i writes ``<workdir>/shards/<i>/`` (a workdir of its own, so shards never
-share a file); submitit's scripts, pickles and logs go to ``<workdir>/launch/``, and
+the first process writing its results. Shard i writes ``<workdir>/shards/<i>/`` (a workdir of
+its own, so shards never share a file); submitit's scripts, pickles and logs go to ``<workdir>/launch/``, and
 ``launch/jobs.json`` names the jobs, so ``python -m cil.launch <workdir>`` can wait for them from
 another shell. ``python -m cil.tables <workdir>/shards/*`` merges the shards at any time.
 
@@ -127,11 +127,10 @@ def submit(config: ml_collections.ConfigDict, workdir: str, launcher: str,
     """Submits one job per shard (a SLURM array, or local processes); returns submitit's jobs."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher={launcher} is not one of {', '.join(LAUNCHERS)}")
-    from cil import experiment, sweep  # the config and its grid are checked before any job
+    from cil import sweep
     count = int(config.launch.shards)
     points = sweep.expand(config)
-    for overrides in {p.overrides for p in points}:
-        experiment.validate_config(sweep.point_config(config, overrides))
+    sweep.checked_configs(config, {p.overrides for p in points})  # before any job is submitted
     folder = Path(workdir) / "launch"
     if Path(workdir).is_file():
         raise WorkdirError(f"--workdir={workdir} is a file, not a folder; choose another --workdir")

@@ -1,6 +1,6 @@
 """A run's per-task checkpoints, through Orbax: the last two kept, a damaged one moved aside.
 
-    checkpoints = RunCheckpoints(workdir / "checkpoints" / run_id, report=print, tag="[replay seed 0]")
+    checkpoints = RunCheckpoints(workdir / "checkpoints" / run_id, print, "[replay seed 0]")
     checkpoints.save(progress, state)   # after task t: step t + 1 (progress["next_task"])
     saved = checkpoints.latest(strategy.init(key, spec))   # {"progress", "state"} or None
     checkpoints.delete()                # the run finished (or failed): nothing to resume
@@ -74,34 +74,32 @@ class RunCheckpoints:
             return None
         ocp = _orbax()
         with self._manager() as manager:
-            steps = sorted(manager.all_steps(), reverse=True)
-        for step in steps:
-            try:
-                with self._manager() as manager:
+            for step in sorted(manager.all_steps(), reverse=True):
+                try:
                     restored = manager.restore(step, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()))
-                saved = restored["progress"]
-                progress, flat = saved["progress"], dict(jax.device_get(restored["state"]))
-                if not isinstance(progress, dict) or progress.get("next_task") != step:
-                    raise ValueError("its progress does not match its step")
-                flat.update({i: np.zeros(e["shape"], e["dtype"])
-                             for i, e in saved["empty_leaves"].items()})
-                treedef = jax.tree.structure(template)
-                if len(flat) != treedef.num_leaves:
-                    raise ValueError(f"it holds {len(flat)} arrays where the strategy's state "
-                                     f"has {treedef.num_leaves}")
-                state = jax.tree.unflatten(treedef, [flat[str(i)] for i in range(len(flat))])
-                return {"progress": progress, "state": state}
-            except DAMAGED as error:  # not ImportError: a missing module is no damage
-                path = self.folder / str(step)
-                aside = self.folder.with_name(
-                    f"{self.folder.name}.{step}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-                if parallel.first_process():
-                    with writing(aside):
-                        os.replace(path, aside)
-                self.report(f"warning: {self.tag} checkpoint {path} is damaged "
-                            f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
-                            f"moved to {aside}")
+                    saved = restored["progress"]
+                    progress, flat = saved["progress"], dict(jax.device_get(restored["state"]))
+                    if not isinstance(progress, dict) or progress.get("next_task") != step:
+                        raise ValueError("its progress does not match its step")
+                    flat.update({i: np.zeros(e["shape"], e["dtype"])
+                                 for i, e in saved["empty_leaves"].items()})
+                    treedef = jax.tree.structure(template)
+                    if len(flat) != treedef.num_leaves:
+                        raise ValueError(f"it holds {len(flat)} arrays where the strategy's state "
+                                         f"has {treedef.num_leaves}")
+                    state = jax.tree.unflatten(treedef, [flat[str(i)] for i in range(len(flat))])
+                    return {"progress": progress, "state": state}
+                except DAMAGED as error:  # not ImportError: a missing module is no damage
+                    path = self.folder / str(step)
+                    aside = self.folder.with_name(
+                        f"{self.folder.name}.{step}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+                    if parallel.first_process():
+                        with writing(aside):
+                            os.replace(path, aside)
+                    self.report(f"warning: {self.tag} checkpoint {path} is damaged "
+                                f"({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
+                                f"moved to {aside}")
         return None
 
     def delete(self) -> None:

@@ -192,6 +192,14 @@ def point_config(config: ml_collections.ConfigDict, overrides) -> ml_collections
     return plain
 
 
+def checked_configs(config: ml_collections.ConfigDict, overrides_list) -> dict:
+    """{overrides: the plain config of that cell}, each checked (ConfigError before any run)."""
+    configs = {overrides: point_config(config, overrides) for overrides in overrides_list}
+    for plain in configs.values():
+        experiment.validate_config(plain)
+    return configs
+
+
 def run_grid(config: ml_collections.ConfigDict, workdir: str, shard_index: int = 0,
              num_shards: int = 1, progress: Callable[[str], None] = print) -> list[dict]:
     """Runs one shard of the grid in ``workdir`` (by default all of it); returns new summaries.
@@ -204,9 +212,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str, shard_index: int =
     cells: dict[tuple, list[int]] = {}  # (overrides, strategy) -> seeds, in grid order
     for point in mine:
         cells.setdefault((point.overrides, point.strategy), []).append(point.seed)
-    configs = {overrides: point_config(config, overrides) for overrides, _ in cells}
-    for plain in configs.values():
-        experiment.validate_config(plain)
+    configs = checked_configs(config, [overrides for overrides, _ in cells])
     progress(f"grid {describe_grid(config)}: {len(points)} runs; shard {shard_index} of "
              f"{num_shards}: {len(mine)} runs in {len(cells)} cells")
     summaries, failed = [], []

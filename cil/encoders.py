@@ -21,6 +21,9 @@ API (one implementation, shared by every frozen-encoder strategy: ncm, dkvb):
   over the devices; ``.feature_dim``; ``.image_shape``; ``.num_bytes`` (params + state, for
   ``MemoryReport.encoder_params``); inside your own jitted code, the pure ``.apply(.weights, images)``.
   The ``identity`` encoder's features are the flattened pixels in [0, 1] (no weights, 0 bytes).
+- ``FEATURES_FIELDS`` (config.features) and ``encode_dataset(dataset, directory)``: a whole run on
+  a frozen encoder's features (a linear probe is ``finetune`` with ``model.hidden=()``), the
+  encoder reported as ``encoder_params``.
 - ``extract_features(encoder, images, key, views, augment_config, batch_size)`` -> (views, N, D):
   the features of ``views`` augmented views (cil/data/augment.py) of every image, keyed by ``key``;
   ``view_features(encoder, weights, images, key, views, augment_config)`` is the same for one batch,
@@ -34,6 +37,7 @@ an encoder stays bitwise what was loaded (tests/test_ncm.py checks it after a st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -45,7 +49,7 @@ import numpy as np
 from flax import nnx
 
 from cil import models, parallel
-from cil.data import augment
+from cil.data import augment, sources
 from cil.errors import ConfigError, DataError
 from cil.fields import Field, Integer, OneOf, Text, check
 from cil.models.networks import to_float
@@ -69,6 +73,13 @@ ENCODER_FIELDS = {
     "checkpoint": Field("", Text(), "a save_encoder directory (\"\" = not set)"),
     "batch_size": Field(DEFAULT_BATCH, Integer(min=1),
                         "images per compiled encoder call (rounded up to the devices)"),
+}
+
+
+# config.features: every strategy of a run sees this encoder's features instead of the images.
+FEATURES_FIELDS = {
+    "encoder": Field("", Text(), "a save_encoder directory whose features replace the images for "
+                     "every strategy, computed once per run (\"\" = the images themselves)"),
 }
 
 
@@ -266,6 +277,15 @@ def load_encoder(directory, expected_image_shape=None, batch_size: int = DEFAULT
 
     return Encoder(apply, weights, image_shape, meta["feature_dim"],
                    f"{directory} ({meta['model'].get('name')})", meta, batch_size)
+
+
+def encode_dataset(dataset: sources.Dataset, directory: str) -> tuple[sources.Dataset, int]:
+    """(``dataset`` with every image replaced by its float32 features, the encoder's bytes)."""
+    encoder = load_encoder(directory, dataset.image_shape)
+    as_features = lambda images: np.asarray(encoder.features(images))  # noqa: E731
+    return (dataclasses.replace(dataset, train_images=as_features(dataset.train_images),
+                                test_images=as_features(dataset.test_images)),
+            encoder.num_bytes)
 
 
 def encoder_from_config(config: ml_collections.ConfigDict, expected_image_shape) -> Encoder:

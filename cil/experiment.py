@@ -10,6 +10,7 @@ after every task, so an interrupted run resumes at the next task with the same k
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cil import evaluation, evaluators, launch, models, monitor, parallel, training
+from cil import encoders, evaluation, evaluators, launch, models, monitor, parallel, training
 from cil.data import sources, stream as streams
 from cil.errors import ConfigError, DivergenceError, RunError
 from cil.fields import Field, Flag, Integer, OneOf, Sequence, check
@@ -39,6 +40,7 @@ def fields() -> dict:
     return {
         "dataset": sources.FIELDS,
         "stream": streams.FIELDS,
+        "features": encoders.FEATURES_FIELDS,
         "model": models.fields("mlp"),  # another network has other options (models.check)
         "train": training.FIELDS,
         "memory": MEMORY_FIELDS,
@@ -79,10 +81,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def build_stream(config) -> streams.Stream:
-    dataset = sources.load(config.dataset)
+    dataset, encoder_bytes = sources.load(config.dataset), 0
+    if config.features.encoder:
+        dataset, encoder_bytes = encoders.encode_dataset(dataset, config.features.encoder)
     order = config.stream.class_order
-    return streams.make_stream(dataset, config.stream.initial, config.stream.increment,
-                               config.stream.class_order_seed, list(order) if order else None)
+    stream = streams.make_stream(dataset, config.stream.initial, config.stream.increment,
+                                 config.stream.class_order_seed, list(order) if order else None)
+    return dataclasses.replace(stream, input_encoder_bytes=encoder_bytes)
 
 
 def stream_spec(stream: streams.Stream, memory: ml_collections.ConfigDict) -> StreamSpec:
@@ -91,7 +96,8 @@ def stream_spec(stream: streams.Stream, memory: ml_collections.ConfigDict) -> St
                     charge_teacher=bool(memory.charge_teacher))
     return StreamSpec(num_classes=stream.num_classes, image_shape=stream.image_shape,
                       tasks=stream.tasks, train_sizes=stream.task_sizes("train"), budget=budget,
-                      dataset_name=stream.dataset_name)
+                      dataset_name=stream.dataset_name, input_dtype=stream.train_images.dtype.name,
+                      input_encoder_bytes=stream.input_encoder_bytes)
 
 
 def stream_identity(config, stream: streams.Stream) -> dict:
@@ -101,9 +107,19 @@ def stream_identity(config, stream: streams.Stream) -> dict:
             "class_order": list(stream.class_order), "num_tasks": stream.num_tasks}
 
 
+# Fields added after runs were recorded: left out of a run's id while at their default, so the runs
+# recorded before them keep their ids (a rerun skips or resumes them).
+LATER_FIELDS = {("features", "encoder"): "", ("dataset", "held_out"): 0}
+
+
 def run_config(name: str, config) -> dict:
     """The settings one strategy's run depends on (its own section, model, training, memory...)."""
     merged = strategy_config(name, config).to_dict()
+    for (section, field), default in LATER_FIELDS.items():
+        if merged.get(section, {}).get(field, default) == default:
+            merged.get(section, {}).pop(field, None)
+            if not merged.get(section, True):
+                merged.pop(section)
     # What is printed, launched or measured beside the matrix does not change what is learned.
     for key in ("strategies", "seeds", "monitor", "launch", "evaluators", *available_strategies()):
         merged.pop(key, None)
@@ -227,6 +243,8 @@ class RunLoop:
             state = jax.block_until_ready(learned.state)
         check_finite(state, f"{self.tag} task {t + 1}/{self.stream.num_tasks}")
         report = self.strategy.memory(state)
+        report = report._replace(  # the frozen encoder of config.features, if any
+            encoder_params=report.encoder_params + self.spec.input_encoder_bytes)
         evaluation.check_budget(report, self.spec.budget, self.header["strategy"], t)
         test = self.stream.test_seen(t)
         num_seen = self.stream.seen_classes(t)

@@ -49,7 +49,7 @@ COUNTER_BYTES = 8  # the buffer's two int32 counters, size and seen: charged as 
 class Buffer(NamedTuple):
     """``capacity`` slots; slots [0, size) hold exemplars, the rest are zeros."""
 
-    images: jax.Array  # (capacity, H, W, C) uint8
+    images: jax.Array  # (capacity, H, W, C) uint8, or (capacity, D) float32 features
     labels: jax.Array  # (capacity,) the smallest unsigned dtype that holds every label
     size: jax.Array  # int32: slots in use
     seen: jax.Array  # int32: examples offered so far (reservoir's stream position)
@@ -63,9 +63,9 @@ def label_dtype(num_classes: int) -> np.dtype:
     raise ConfigError(f"{num_classes} classes do not fit a uint32 label")
 
 
-def exemplar_bytes(image_shape, num_classes: int) -> int:
-    """Bytes one exemplar takes: its uint8 image and its label."""
-    return int(np.prod(image_shape)) + label_dtype(num_classes).itemsize
+def exemplar_bytes(image_shape, num_classes: int, dtype="uint8") -> int:
+    """Bytes one exemplar takes: its image (uint8, or float32 features) and its label."""
+    return int(np.prod(image_shape)) * np.dtype(dtype).itemsize + label_dtype(num_classes).itemsize
 
 
 def exemplar_capacity(budget: Budget, bytes_per_exemplar: int, other_bytes: int,
@@ -148,7 +148,7 @@ class ExemplarMemory:
     """A selection policy over a buffer of ``capacity`` exemplars; ``update`` is jitted once."""
 
     def __init__(self, capacity: int, image_shape, num_classes: int,
-                 selection: str = "random", class_balanced: bool = True):
+                 selection: str = "random", class_balanced: bool = True, dtype="uint8"):
         if selection not in SELECTIONS:
             raise ConfigError(f"unknown memory selection '{selection}'; choose one of: "
                               f"{', '.join(SELECTIONS)}")
@@ -163,11 +163,12 @@ class ExemplarMemory:
         self.selection = selection
         self.class_balanced = class_balanced
         self.label_dtype = label_dtype(num_classes)
-        self.bytes_per_exemplar = exemplar_bytes(self.image_shape, num_classes)
+        self.dtype = np.dtype(dtype)  # the stream's: uint8 images or float32 features
+        self.bytes_per_exemplar = exemplar_bytes(self.image_shape, num_classes, self.dtype)
         self._update = jax.jit(self._update_impl)
 
     def empty(self) -> Buffer:
-        return Buffer(images=jnp.zeros((self.capacity, *self.image_shape), jnp.uint8),
+        return Buffer(images=jnp.zeros((self.capacity, *self.image_shape), self.dtype),
                       labels=jnp.zeros((self.capacity,), self.label_dtype),
                       size=jnp.int32(0), seen=jnp.int32(0))
 
@@ -229,7 +230,7 @@ class ExemplarMemory:
         old_index = jnp.minimum(chosen, self.capacity - 1)
         pick_old = _per_row(from_old & used, images)
         new_images = jnp.where(pick_old, buffer.images[old_index], images[new_index])
-        new_images = jnp.where(_per_row(used, images), new_images, 0).astype(jnp.uint8)
+        new_images = jnp.where(_per_row(used, images), new_images, 0).astype(self.dtype)
         new_labels = jnp.where(from_old, buffer.labels[old_index].astype(jnp.int32),
                                labels[new_index].astype(jnp.int32))
         new_labels = jnp.where(used, new_labels, 0).astype(self.label_dtype)

@@ -10,6 +10,8 @@ A pretraining config is a benchmark config (``dataset``, ``stream``, ``model``, 
   split), so the encoder never sees a class of a later task. The stream is built exactly as the
   benchmark builds it (same dataset, split and class order), labels in stream order.
 - ``pretrain.data = "dataset"``: every class of ``dataset`` (another dataset than the stream's).
+- ``pretrain.data = "held_out"``: the ``dataset.held_out`` training images the stream gives up
+  (every class, with labels; tested on the test split): data disjoint from the stream, classes not.
 - ``pretrain.seed``: initialisation and shuffling; ``pretrain.encoder_stages``: how many of the
   network's stages form the encoder (None: all, i.e. the features the head reads).
 
@@ -40,8 +42,9 @@ from cil.training import Trainer
 
 # config.pretrain; the other sections are a benchmark config's (cil/experiment.py).
 FIELDS = {
-    "data": Field("base_task", OneOf("base_task", "dataset"),
-                  "base_task: the stream's task 0; dataset: all of config.dataset"),
+    "data": Field("base_task", OneOf("base_task", "dataset", "held_out"),
+                  "base_task: the stream's task 0; dataset: all of config.dataset; held_out: "
+                  "its dataset.held_out images"),
     "seed": Field(0, Integer(min=0, max=2**31 - 1), "initialisation and shuffling"),
     "encoder_stages": Field(None, Optional(Integer(min=1)), "unset: every stage"),
 }
@@ -63,6 +66,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def pretraining_data(config) -> tuple[sources.Dataset, dict]:
     """The training and test examples the encoder may see, and a record of what they are."""
+    if config.pretrain.data == "held_out":
+        held = sources.load_held_out(config.dataset)
+        return held, {"data": "held_out", "dataset": held.name, "images": len(held.train_labels),
+                      "classes": list(held.class_names)}
     dataset = sources.load(config.dataset)
     if config.pretrain.data == "dataset":
         return dataset, {"data": "dataset", "dataset": dataset.name,

@@ -47,7 +47,8 @@ def _orbax():
 
 class RunCheckpoints:
     def __init__(self, folder: Path, report: Callable[[str], None], tag: str):
-        self.folder, self.report, self.tag = Path(folder), report, tag
+        # Orbax refuses relative paths (a relative --workdir is the common case).
+        self.folder, self.report, self.tag = Path(folder).absolute(), report, tag
 
     def _manager(self):
         ocp = _orbax()

@@ -64,6 +64,10 @@ class StreamSpec:
     train_sizes: tuple[int, ...]  # examples per task, to size fixed-shape buffers
     budget: Budget
     dataset_name: str = ""
+    # What the examples are stored as: uint8 images, or float32 features when config.features
+    # names a frozen encoder whose outputs replace the images (its bytes: input_encoder_bytes).
+    input_dtype: str = "uint8"
+    input_encoder_bytes: int = 0
 
     @property
     def num_tasks(self) -> int:
@@ -80,7 +84,7 @@ class StreamSpec:
 
     @property
     def image_bytes(self) -> int:
-        return int(np.prod(self.image_shape))  # images are stored as uint8
+        return int(np.prod(self.image_shape)) * np.dtype(self.input_dtype).itemsize
 
 
 class MemoryReport(NamedTuple):

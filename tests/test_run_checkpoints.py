@@ -23,3 +23,12 @@ def test_a_state_comes_back_in_the_template_structure_with_its_empty_arrays(tmp_
     assert saved["state"]["buffer"].dtype == np.uint8 and saved["state"]["nothing"] is None
     checkpoints.delete()
     assert checkpoints.latest(template) is None
+
+
+def test_a_relative_folder_works(tmp_path, monkeypatch):
+    """run.py --workdir=workdir/x: Orbax takes only absolute paths; the checkpoints resolve it."""
+    monkeypatch.chdir(tmp_path)
+    checkpoints = RunCheckpoints("relative/run", report=print, tag="[x]")
+    checkpoints.save({"next_task": 1}, {"w": np.arange(3.0)})
+    assert (tmp_path / "relative" / "run" / "1").is_dir()
+    assert checkpoints.latest({"w": np.zeros(3)})["progress"] == {"next_task": 1}

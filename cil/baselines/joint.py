@@ -29,7 +29,7 @@ class Joint(Finetune):
 
     def init(self, key, spec):
         return {"net": self.build_network(key, spec),
-                "images": np.zeros((0, *spec.image_shape), np.uint8),
+                "images": np.zeros((0, *spec.image_shape), spec.input_dtype),
                 "labels": np.zeros((0,), np.int32)}
 
     def learn(self, state, task, key):

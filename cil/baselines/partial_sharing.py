@@ -254,7 +254,7 @@ class PartialSharing(Strategy):
         }) | {
             # Kept images for calibration: class c owns slots [c * per_class, (c + 1) * per_class).
             "exemplar_images": np.zeros((spec.num_classes * per_class, *spec.image_shape),
-                                        np.uint8),
+                                        spec.input_dtype),
             "exemplar_labels": np.full(spec.num_classes * per_class, -1, np.int32),
         }
 
@@ -398,7 +398,7 @@ class PartialSharing(Strategy):
             encoder_params=base_params + base_state if frozen else 0,
             side_state=(0 if frozen else base_state)
             + learned * pytree_bytes(branch.get("model_state", {})),
-            exemplars=kept * (self.spec.image_bytes + 4),  # uint8 image + int32 label
+            exemplars=kept * (self.spec.image_bytes + 4),  # image (uint8 or features) + int32 label
             num_exemplars=kept)
 
     def extras(self, state) -> dict:
@@ -443,7 +443,7 @@ class PartialSharing(Strategy):
         full = models.build(self.model_config, spec.image_shape, spec.num_classes, seed=0)
         tail = Network([nnx.clone(s) for s in list(base.stages)[self.k:]], base.head.in_features,
                        self.num_base_classes, rngs=nnx.Rngs(0))
-        images = jnp.zeros((_FLOPS_BATCH, *spec.image_shape), jnp.uint8)
+        images = jnp.zeros((_FLOPS_BATCH, *spec.image_shape), spec.input_dtype)
         features = base.features(images, stop=self.k)
         out = {
             "num_stages": len(base.stages),

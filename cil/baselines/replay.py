@@ -76,12 +76,12 @@ class Replay(Finetune):
         network = self.network_bytes(spec)
         teacher = network if self.keeps_teacher and spec.budget.charge_teacher else 0
         other = network + teacher + self.side_bytes(spec) + COUNTER_BYTES
-        per_exemplar = exemplar_bytes(spec.image_shape, spec.num_classes)
+        per_exemplar = exemplar_bytes(spec.image_shape, spec.num_classes, spec.input_dtype)
         capacity = exemplar_capacity(spec.budget, per_exemplar, other,
                                      default=self.config.strategy.exemplars)
         selection, class_balanced = self.selection()
         return ExemplarMemory(capacity, spec.image_shape, spec.num_classes, selection,
-                              class_balanced)
+                              class_balanced, spec.input_dtype)
 
     def capacity(self, spec: StreamSpec) -> int:
         extra = self.exemplar_memory.capacity if self.exemplars_in_task_set else 0

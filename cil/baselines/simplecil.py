@@ -46,7 +46,7 @@ class SimpleCIL(Finetune):
     def init(self, key, spec):
         net = self.build_network(key, spec)
         feature_dim = jax.eval_shape(self._trainer.features, net,
-                                     jnp.zeros((1, *spec.image_shape), jnp.uint8)).shape[-1]
+                                     jnp.zeros((1, *spec.image_shape), spec.input_dtype)).shape[-1]
         prototypes = jnp.zeros((spec.num_classes, feature_dim), jnp.float32)
         return {"net": net, "prototypes": parallel.replicate(self._trainer.mesh, prototypes)}
 

@@ -54,7 +54,7 @@ import numpy as np
 
 from cil import npz_cache
 from cil.errors import ConfigError, DataError
-from cil.fields import Field, Flag, Optional, Text
+from cil.fields import Field, Flag, Integer, Optional, Text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,11 @@ FIELDS = {
     "data_dir": Field(None, Optional(Text()), "TFDS data_dir / cache (default ~/.cache/cil)"),
     "download": Field(False, Flag(), "let TFDS download (never possible offline)"),
     "path": Field(None, Optional(Text()), "a local folder or archive (images, IDX, CIFAR)"),
+    "held_out": Field(0, Integer(min=0), "training images set aside, never in the stream "
+                      "(pretrain.data / dkvb.key_init.source 'held_out' use them)"),
 }
+# The held-out training images: a uniformly random draw with this fixed seed.
+HELD_OUT_SEED = 0
 
 # The digits split: 25 % of each class held out for testing, drawn with this fixed seed.
 DIGITS_TEST_FRACTION = 0.25
@@ -591,7 +595,37 @@ def load(config: ml_collections.ConfigDict) -> Dataset:
             f"or a TFDS catalog name (tfds:<name>, e.g. cifar100)")
     dataset = loader(config)
     validate(dataset)
-    return dataset
+    return split_held_out(dataset, config.get("held_out") or 0)[0]
+
+
+def load_held_out(config: ml_collections.ConfigDict) -> Dataset:
+    """The ``config.held_out`` training images that ``load`` leaves out (and the test split)."""
+    if not config.get("held_out"):
+        raise ConfigError(f"dataset.held_out is 0: no training images of {config.name} are held "
+                          f"out; set dataset.held_out to how many the stream should give up")
+    full = ml_collections.ConfigDict({**config.to_dict(), "held_out": 0})
+    return split_held_out(load(full), config.held_out)[1]
+
+
+def split_held_out(dataset: Dataset, count: int) -> tuple[Dataset, Dataset]:
+    """(``dataset`` without ``count`` random training images, a dataset of those images).
+
+    The draw is a permutation with ``HELD_OUT_SEED``, so every run holds out the same images; the
+    stream's name says how many it lacks, so its runs are never compared with the full dataset's.
+    """
+    if not count:
+        return dataset, dataset
+    total = len(dataset.train_labels)
+    if count >= total:
+        raise ConfigError(f"dataset.held_out={count:,} leaves no training image of {dataset.name} "
+                          f"({total:,}) for the stream")
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(total)
+    held, kept = np.sort(order[:count]), np.sort(order[count:])
+    part = lambda rows, name: dataclasses.replace(  # noqa: E731
+        dataset, name=name, train_images=dataset.train_images[rows],
+        train_labels=dataset.train_labels[rows])
+    return (part(kept, f"{dataset.name} ({count:,} training images held out)"),
+            part(held, f"{dataset.name} (its {count:,} held-out training images)"))
 
 
 def validate(dataset: Dataset) -> None:

@@ -65,6 +65,8 @@ class Stream:
     train_labels: np.ndarray  # stream labels
     test_images: np.ndarray
     test_labels: np.ndarray
+    # Bytes of the frozen encoder whose features the "images" are (config.features), else 0.
+    input_encoder_bytes: int = 0
 
     @property
     def num_tasks(self) -> int:

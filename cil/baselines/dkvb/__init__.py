@@ -19,7 +19,8 @@ Flow:
 - the first ``learn`` fits the keys on ``key_init.source``: "base_task" = the images of that first
   task, labels dropped; "dataset" = the training images of ``key_init.dataset`` (a data source as in
   config.dataset, e.g. another dataset), labels dropped; "file" = unlabelled images saved with
-  np.save at ``key_init.path`` (held-out images, say). They are cached in ``key_init.cache_dir``
+  np.save at ``key_init.path``; "held_out" = the training images the stream gives up
+  (``config.dataset.held_out``), labels dropped. They are cached in ``key_init.cache_dir``
   under a hash of the source's features, the key settings and the seeds, so runs with the same
   encoder, source and seed share them.
 - every ``learn``: the task's features -> nearest key per codebook (all keys) -> ``epochs`` of SGD
@@ -65,10 +66,10 @@ from cil.data import sources
 from cil.errors import ConfigError, DataError
 from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence, Text
 from cil.strategy import Learned, MemoryReport, Strategy, pytree_bytes
-from cil.training import Trainer, mask_unseen
+from cil.training import Schedule, Trainer, mask_unseen
 
 DECODERS = ("key_values", "linear", "mlp")
-KEY_SOURCES = ("base_task", "dataset", "file")
+KEY_SOURCES = ("base_task", "dataset", "file", "held_out")
 
 
 class ValueTable(nnx.Module):
@@ -153,7 +154,8 @@ class DKVB(Strategy):
             "keys_per_codebook": Field(512, Integer(min=1), "paper: 4,096"),
             "key_dim": Field(14, Integer(min=1)),
             "key_init": {
-                # base_task | dataset: the training images of ``dataset`` | file: ``path``
+                # base_task | dataset: the training images of ``dataset`` | file: ``path`` |
+                # held_out: the stream's config.dataset.held_out images
                 "source": Field("base_task", OneOf(*KEY_SOURCES)),
                 "dataset": sources.FIELDS | {"name": Field(None, Optional(Text()))},
                 "path": Field(None, Optional(Text()), ".npy, or .npz with 'images'"),
@@ -181,6 +183,9 @@ class DKVB(Strategy):
         if cfg.key_init.source == "file" and not cfg.key_init.path:
             raise ConfigError("dkvb.key_init.source='file' needs key_init.path: a .npy file of "
                               "uint8 images (N, H, W, C), or an .npz holding them as 'images'")
+        if cfg.key_init.source == "held_out" and not config.dataset.get("held_out"):
+            raise ConfigError("dkvb.key_init.source='held_out' needs dataset.held_out: how many "
+                              "training images the stream gives up for the keys")
         self.settings = dkvb_keys.KeySettings(
             num_codebooks=int(cfg.num_codebooks), keys_per_codebook=int(cfg.keys_per_codebook),
             key_dim=int(cfg.key_dim), epochs=int(cfg.key_init.epochs),
@@ -273,10 +278,11 @@ class DKVB(Strategy):
             where = {"source": "base_task", "task": task.index, "classes": list(task.classes),
                      "encoder": self.encoder.description, "images": len(task.labels)}
             return np.asarray(task_features), where
-        if cfg.source == "dataset":
-            dataset = sources.load(cfg.dataset)
+        if cfg.source in ("dataset", "held_out"):
+            dataset = (sources.load(cfg.dataset) if cfg.source == "dataset" else
+                       sources.load_held_out(self.config.dataset))
             images = dataset.train_images
-            where = {"source": "dataset", "dataset": dataset.name, "split": "train"}
+            where = {"source": cfg.source, "dataset": dataset.name, "split": "train"}
         else:
             images = read_images(cfg.path)
             where = {"source": "file", "path": str(cfg.path)}
@@ -310,12 +316,11 @@ class DKVB(Strategy):
         inputs = self.decoder_inputs(state, padded, masked=False)
         if self.uses_keys:
             state = {**state, "used": mark_used(state["used"], inputs, jnp.int32(size))}
-        net = trainer.init(state["net"]["params"], state["net"]["model_state"])
         data = trainer.put(np.asarray(inputs)[:size], np.asarray(labels))
-        for epoch in range(int(self.config.strategy.epochs)):
-            net, _ = trainer.epoch(net, data, jax.random.fold_in(key, epoch), num_seen)
-        state = {**state, "net": {"params": net["params"], "model_state": net["model_state"]}}
-        return Learned(state, size * int(self.config.strategy.epochs))
+        cfg = self.config.strategy
+        net, trained = trainer.fit(state["net"], data, key, num_seen,
+                                   Schedule.constant(cfg.epochs, cfg.learning_rate))
+        return Learned({**state, "net": net}, trained)
 
     def predict(self, state, images):
         return self.predict_features(state, self.encoder.features(images))

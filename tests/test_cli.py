@@ -27,7 +27,7 @@ def test_smoke_run_prints_progress_and_a_table(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--config.dataset.name=digitz"], "unknown dataset 'digitz'"),
-    (["--config.strategies=('finetune','replai')"], "'replai' is not one of 'agem', 'bic', 'dkvb'"),
+    (["--config.strategies=('finetune','replai')"], "'replai' is not one of 'agem', 'bic', 'der', 'dkvb'"),
     (["--config.stream.class_order=(0,1,2)"], "not a permutation"),
     (["--config.stream.increment=3"], "does not fit 10 classes"),
     (["--config.trian.epochs=2"], "unknown config key 'trian'"),

@@ -79,7 +79,7 @@ def test_config_snapshot_and_record_fields(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda c: setattr(c, "strategies", ("nope",)), "'nope' is not one of 'agem', 'bic', 'dkvb'"),
+    (lambda c: setattr(c, "strategies", ("nope",)), "'nope' is not one of 'agem', 'bic', 'der', 'dkvb'"),
     (lambda c: c.unlock().__setitem__("finetune", {"lr": 1}), "unknown config key"),
     (lambda c: c.unlock().__setitem__("tarin", {}), "unknown config key"),
     (lambda c: setattr(c, "strategies", ()), r"strategies=\(\) is not allowed"),

@@ -77,6 +77,7 @@ METRICS = (
     Metric("memory_bytes", "memory (MB)", r"Memory (MB)", 1e-6, 3, "memory_mb"),
     Metric("train_seconds", "train (s)", r"Train (s)", 1.0, 2, "train_seconds"),
 )
+STATS_PREFIX = "stats."  # Row.stats keys of strategy_stats figures
 OPTIONAL_METRICS = ("task_given_avg_inc_acc", "task_given_last_acc")  # not in every summary
 AUC_METRICS = (  # fraction x MB
     Metric("auc_a", "AUC-A", r"AUC-$\bar{A}$", 1.0, 4, "auc_a"),
@@ -128,6 +129,7 @@ class Table:
     label_keys: list[str]
     workdirs: tuple[str, ...]
     reference: str = DEFAULT_REFERENCE  # the strategy intransigence is measured against
+    stat_keys: tuple[str, ...] = ()  # strategy_stats figures shown as columns (``--stats``)
 
     @property
     def seeds(self) -> list[int]:
@@ -259,7 +261,7 @@ def reference_runs(row: Row, run: dict, references: list[Row], label_keys: list[
 
 
 def fill_statistics(rows: list[Row], label_keys: list[str],
-                    reference: str = DEFAULT_REFERENCE) -> None:
+                    reference: str = DEFAULT_REFERENCE, stat_keys: tuple[str, ...] = ()) -> None:
     """Each row's (mean, std) per metric; I against ``reference``'s runs where it has some."""
     references = [r for r in rows if r.strategy == reference]
     for row in rows:
@@ -277,6 +279,10 @@ def fill_statistics(rows: list[Row], label_keys: list[str],
                 value = intransigence(run["acc_matrix"], reference_matrix)
                 values["intransigence"].append(100.0 * value)
                 fallbacks += [basis] if basis else []
+        for key in stat_keys:  # a strategy's own figures (Strategy.extras), where it has them
+            found = [run.get("strategy_stats", {}).get(key) for run in row.runs]
+            if all(isinstance(v, (int, float)) for v in found):
+                values[STATS_PREFIX + key] = found
         row.stats = {k: mean_std(v) for k, v in values.items() if len(v) == len(row.runs)}
         if "intransigence" in row.stats:
             row.reference_basis = "; ".join(fallbacks) or SAME_SEED
@@ -312,26 +318,29 @@ def auc_rows(rows: list[Row]) -> list[AucRow]:
     return result
 
 
-def build(tagged: list[tuple[str, dict]], workdirs=(), reference: str = DEFAULT_REFERENCE
-          ) -> Table:
+def build(tagged: list[tuple[str, dict]], workdirs=(), reference: str = DEFAULT_REFERENCE,
+          stat_keys: tuple[str, ...] = ()) -> Table:
     """A table from (workdir, summary) pairs: one protocol, runs deduplicated by run id.
 
     ``reference`` names the strategy intransigence is measured against; without runs of it the
-    table has no I column.
+    table has no I column. ``stat_keys`` name figures of the summaries' ``strategy_stats`` (a
+    strategy's ``extras`` after its last task) to average over seeds, in ``Row.stats`` as
+    ``stats.<key>``; a row whose runs lack one has none.
     """
     unique = {}
     for workdir, run in tagged:
         unique.setdefault(run["run_id"], (workdir, run))  # the same run copied into two workdirs
     tagged = list(unique.values())
     if not tagged:
-        return Table([], [], {}, [], tuple(workdirs), reference)
+        return Table([], [], {}, [], tuple(workdirs), reference, tuple(stat_keys))
     stream = check_one_protocol(tagged)
     rows, label_keys = group_runs([run for _, run in tagged], reference)
-    fill_statistics(rows, label_keys, reference)
-    return Table(rows, auc_rows(rows), stream, label_keys, tuple(workdirs), reference)
+    fill_statistics(rows, label_keys, reference, tuple(stat_keys))
+    return Table(rows, auc_rows(rows), stream, label_keys, tuple(workdirs), reference,
+                 tuple(stat_keys))
 
 
-def load(*workdirs, reference: str = DEFAULT_REFERENCE) -> Table:
+def load(*workdirs, reference: str = DEFAULT_REFERENCE, stat_keys: tuple[str, ...] = ()) -> Table:
     """The table of every finished run in ``workdirs`` (shards of one grid merge this way)."""
     return build([(str(w), run) for w in workdirs for run in read_summaries(w)], workdirs,
-                 reference)
+                 reference, stat_keys)

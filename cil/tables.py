@@ -3,6 +3,7 @@
     python -m cil.tables /tmp/sweep                     # prints Markdown; writes table.md/.tex/.csv
     python -m cil.tables /tmp/s/0 /tmp/s/1 --out=/tmp/paper   # shards merge: read every workdir
     python -m cil.tables /tmp/sweep --reference=replay  # I against replay's runs (default: joint)
+    python -m cil.tables /tmp/ps --stats=params_trained,inference_flops_per_example
     table = load("/tmp/sweep"); print(markdown_table(table))
 
 One row per strategy (and budget, and grid value), mean ± std over seeds; cil.aggregate builds
@@ -12,7 +13,9 @@ entry point. Columns: Ā, A_last, forgetting, BWT, intransigence (when the refer
 joint by default, has runs of the stream), memory (MB, 10^6 bytes) and train seconds; accuracies
 in %, mean ± sample standard deviation over seeds (a single seed shows its value alone). A
 footnote gives the formulas, the reference and the stream. Memory-aligned sweeps get a budget
-column and a second table of AUC-A and AUC-L. The CSV files hold the same numbers in the same
+column and a second table of AUC-A and AUC-L. ``--stats`` adds columns of a strategy's own
+figures (``strategy_stats``, its ``extras`` after the last task; mean over seeds, 4 significant
+digits; blank for strategies without them). The CSV files hold the same numbers in the same
 units (table.csv, auc.csv). Runs of different protocols are refused with one line naming the
 difference, exit status 2.
 """
@@ -28,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from cil.aggregate import (  # noqa: F401  (re-exported: tables.load, tables.Table, ...)
-    AUC_METRICS, DEFAULT_REFERENCE, METRICS, AucRow, Metric, Row, Table, auc, build, load,
-    mean_std)
+    AUC_METRICS, DEFAULT_REFERENCE, METRICS, STATS_PREFIX, AucRow, Metric, Row, Table, auc, build,
+    load, mean_std)
 from cil.errors import CilError
 
 
@@ -57,7 +60,8 @@ def main_columns(table: Table) -> list[tuple[str, str]]:
     if table.has_budgets:
         columns.append(("budget (MB)", "Budget (MB)"))
     columns.append(("seeds", "Seeds"))
-    return columns + [(m.markdown, m.latex) for m in table.metrics()]
+    return (columns + [(m.markdown, m.latex) for m in table.metrics()]
+            + [(key, latex_escape(key)) for key in table.stat_keys])
 
 
 def main_cells(table: Table, row: Row, latex: bool) -> list[str]:
@@ -71,6 +75,10 @@ def main_cells(table: Table, row: Row, latex: bool) -> list[str]:
     for m in table.metrics():
         mean, std = row.stats.get(m.key, (float("nan"), 0.0))
         cells.append(number(mean, std, len(row.runs), m.decimals, latex))
+    for key in table.stat_keys:
+        mean, std = row.stats.get(STATS_PREFIX + key, (float("nan"), 0.0))
+        cells.append("" if not np.isfinite(mean) else
+                     f"{mean:,.4g}" + (f" ± {std:,.2g}" if std else ""))
     return cells
 
 
@@ -215,10 +223,10 @@ def csv_text(header: list[str], rows: list[list]) -> str:
     return out.getvalue()
 
 
-def stat_cells(stats: dict, metrics) -> list[str]:
+def stat_cells(stats: dict, keys) -> list[str]:
     cells = []
-    for m in metrics:
-        mean, std = stats.get(m.key, (float("nan"), float("nan")))
+    for key in keys:
+        mean, std = stats.get(key, (float("nan"), float("nan")))
         cells += ["" if not np.isfinite(v) else str(round(v, 6)) for v in (mean, std)]
     return cells
 
@@ -229,11 +237,13 @@ def csv_table(table: Table) -> str:
     header = ["dataset", "split", "class_order_seed", "strategy", *table.label_keys,
               "budget_bytes", "num_seeds", "seeds",
               *(f"{m.csv}_{stat}" for m in metrics for stat in ("mean", "std")),
+              *(f"{key}_{stat}" for key in table.stat_keys for stat in ("mean", "std")),
               "reference", "reference_basis"]
     stream = [table.stream.get(k) for k in ("dataset", "split", "class_order_seed")]
     rows = [[*stream, row.strategy, *(value_text(row.labels.get(k)) for k in table.label_keys),
              "" if row.budget is None else row.budget, len(row.runs),
-             " ".join(map(str, row.seeds)), *stat_cells(row.stats, metrics),
+             " ".join(map(str, row.seeds)), *stat_cells(row.stats, [m.key for m in metrics]),
+             *stat_cells(row.stats, [STATS_PREFIX + k for k in table.stat_keys]),
              table.reference if row.reference_basis else "", row.reference_basis or ""]
             for row in table.rows]
     return csv_text(header, rows)
@@ -245,7 +255,7 @@ def auc_csv(table: Table) -> str:
               *(f"{m.csv}_{stat}" for m in AUC_METRICS for stat in ("mean", "std")), "missing"]
     rows = [[row.strategy, *(value_text(row.labels.get(k)) for k in table.label_keys),
              " ".join(map(str, row.budgets)), len(row.seeds), " ".join(map(str, row.seeds)),
-             *stat_cells(row.stats, AUC_METRICS), row.missing] for row in table.auc]
+             *stat_cells(row.stats, [m.key for m in AUC_METRICS]), row.missing] for row in table.auc]
     return csv_text(header, rows)
 
 
@@ -269,9 +279,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--reference", help=f"the strategy intransigence I is measured against "
                                             f"(default: {DEFAULT_REFERENCE}); without runs of it, "
                                             f"no I column")
+    parser.add_argument("--stats", default="", help="comma-separated strategy_stats figures "
+                        "(a strategy's extras) to show as columns, e.g. params_trained")
     args = parser.parse_args(argv)
     try:
-        table = load(*args.workdirs, reference=args.reference or DEFAULT_REFERENCE)
+        table = load(*args.workdirs, reference=args.reference or DEFAULT_REFERENCE,
+                     stat_keys=tuple(filter(None, args.stats.split(","))))
     except CilError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

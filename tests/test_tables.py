@@ -281,3 +281,22 @@ def test_a_reference_name_is_escaped_in_latex(tmp_path):
     latex = tables.latex_table(table)
     assert r"a^{\mathrm{partial\_sharing}}_{t,t}" in latex
     assert r"the partial\_sharing run of the same seed" in latex
+
+
+def test_stats_option_shows_a_strategys_own_figures(tmp_path, capsys):
+    """--stats: strategy_stats figures averaged over seeds; rows without them get blank cells."""
+    runs = fixed_runs()
+    for run, trained in zip(runs[:3], (1000, 2000, 4500)):
+        run["strategy_stats"] = {"params_trained": trained, "note": "not a number"}
+    workdir = write_results(tmp_path / "runs", runs)
+    assert tables.main([workdir, "--stats=params_trained", "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| params_trained |")
+    finetune = next(line for line in lines if line.startswith("| finetune"))
+    joint = next(line for line in lines if line.startswith("| joint"))
+    # mean 2500, sample std sqrt(((-1500)^2 + (-500)^2 + 2000^2) / 2) = 1803.
+    assert finetune.endswith("| 2,500 ± 1.8e+03 |") and joint.endswith("|  |")
+    rows = list(csv.DictReader((tmp_path / "out" / "table.csv").read_text().splitlines()))
+    assert float(rows[0]["params_trained_mean"]) == 2500.0
+    assert float(rows[0]["params_trained_std"]) == pytest.approx(1802.776, abs=1e-3)
+    assert rows[1]["params_trained_mean"] == ""

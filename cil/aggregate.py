@@ -69,16 +69,20 @@ METRICS = (
     Metric("forgetting", "F (%)", r"$F$ (\%)", 100.0, 2, "forgetting_pct"),
     Metric("bwt", "BWT (%)", r"BWT (\%)", 100.0, 2, "bwt_pct"),
     Metric("intransigence", "I (%)", r"$I$ (\%)", 100.0, 2, "intransigence_pct"),
-    # cil/evaluators.py's task_given: columns only when every run of the table has them
+    # cil/evaluators.py's task_given and nme: columns when some run of the table has them
     Metric("task_given_avg_inc_acc", "Ā task given (%)", r"$\bar{A}$ task given (\%)", 100.0, 2,
            "task_given_avg_inc_acc_pct"),
     Metric("task_given_last_acc", "A_last task given (%)", r"$A_{\mathrm{last}}$ task given (\%)",
            100.0, 2, "task_given_last_acc_pct"),
+    Metric("nme_avg_inc_acc", "Ā NME (%)", r"$\bar{A}$ NME (\%)", 100.0, 2, "nme_avg_inc_acc_pct"),
+    Metric("nme_last_acc", "A_last NME (%)", r"$A_{\mathrm{last}}$ NME (\%)", 100.0, 2,
+           "nme_last_acc_pct"),
     Metric("memory_bytes", "memory (MB)", r"Memory (MB)", 1e-6, 3, "memory_mb"),
     Metric("train_seconds", "train (s)", r"Train (s)", 1.0, 2, "train_seconds"),
 )
 STATS_PREFIX = "stats."  # Row.stats keys of strategy_stats figures
-OPTIONAL_METRICS = ("task_given_avg_inc_acc", "task_given_last_acc")  # not in every summary
+OPTIONAL_METRICS = ("task_given_avg_inc_acc", "task_given_last_acc",  # not in every summary
+                    "nme_avg_inc_acc", "nme_last_acc")
 AUC_METRICS = (  # fraction x MB
     Metric("auc_a", "AUC-A", r"AUC-$\bar{A}$", 1.0, 4, "auc_a"),
     Metric("auc_l", "AUC-L", r"AUC-$A_{\mathrm{last}}$", 1.0, 4, "auc_l"),
@@ -151,7 +155,7 @@ class Table:
     def metrics(self) -> list[Metric]:
         return [m for m in METRICS if (m.key != "intransigence" or self.has_intransigence)
                 and (m.key not in OPTIONAL_METRICS
-                     or all(m.key in row.stats for row in self.rows))]
+                     or any(m.key in row.stats for row in self.rows))]
 
 
 def mean_std(values) -> tuple[float, float]:

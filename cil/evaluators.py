@@ -1,10 +1,11 @@
 """Evaluators by name: what each task's test pass measures beside the class-incremental accuracy.
 
-    config.evaluators = ("task_given", "per_class")     # default (): the accuracy matrix only
+    config.evaluators = ("task_given", "nme", "per_class")   # default (): the accuracy matrix only
     within = task_masks(test.labels, seen_tasks, num_classes)     # only if "task_given" is asked
     predictions, task_given = evaluation.predict_seen_and_within(strategy, state, test.images,
                                                                  num_seen, batch_size, within)
-    figures = run_evaluators(names, predictions, task_given, test.labels, seen_tasks)
+    nme = nme_predictions(strategy, state, test.images, num_seen, batch_size)   # if "nme"
+    figures = run_evaluators(names, predictions, task_given, test.labels, seen_tasks, nme)
     summary = summarize(names, task_records)            # {name: figures} for the summary line
 
 The class-incremental accuracy matrix (cil/evaluation.py, PROTOCOL.md) is always computed; these
@@ -17,6 +18,11 @@ add to it, and their figures go under ``evaluations`` in the task and summary li
   and ``task_given_last_acc`` / ``task_given_avg_inc_acc`` flat, which cil.tables shows as columns
   when every run of a table has them. It reads the same scores as the accuracy row (one
   ``predict`` a batch: cil/evaluation.py ``predict_seen_and_within``).
+- ``nme``: the nearest-mean-of-exemplars classifier on the strategy's own features beside its own
+  scores, as PyCIL logs both (``Strategy.nearest_mean_classifier``: every strategy that keeps an
+  exemplar buffer and a network, i.e. Replay and its subclasses; others have no such figures).
+  The same figures as ``task_given``: a_nme[t][j], A_nme[t]; the matrix, Ā and A_last in the
+  summary, ``nme_avg_inc_acc`` / ``nme_last_acc`` flat (cil.tables' "Ā NME" columns).
 - ``per_class``: the accuracy of each seen class (stream label -> accuracy), from the same
   predictions as the accuracy row; the summary keeps the last task's.
 """
@@ -27,7 +33,25 @@ import numpy as np
 
 from cil import evaluation
 
-NAMES = ("task_given", "per_class")
+NAMES = ("task_given", "nme", "per_class")
+MATRIX_EVALUATORS = ("task_given", "nme")  # each a second accuracy matrix of its own predictions
+
+
+class ScoresOf:
+    """What cil/evaluation.py predicts with (``predict(state, images)``) for a scoring function."""
+
+    def __init__(self, scores):
+        self.predict = lambda state, images: scores(images)
+
+
+def nme_predictions(strategy, state, images, num_seen: int, batch_size: int):
+    """The arg-max over the seen classes of the strategy's nearest-mean-of-exemplars scores, or
+    None when it has no such classifier."""
+    classifier = strategy.nearest_mean_classifier(state)
+    if classifier is None:
+        return None
+    return evaluation.predict_seen_and_within(ScoresOf(classifier), state, images, num_seen,
+                                              batch_size)[0]
 
 
 def task_masks(labels: np.ndarray, seen_tasks, num_classes: int) -> np.ndarray:
@@ -41,13 +65,15 @@ def task_masks(labels: np.ndarray, seen_tasks, num_classes: int) -> np.ndarray:
 
 
 def run_evaluators(names, predictions: np.ndarray, task_given: np.ndarray | None,
-                   labels: np.ndarray, seen_tasks) -> dict:
+                   labels: np.ndarray, seen_tasks, nme: np.ndarray | None = None) -> dict:
     """{name: figures} of one task's test pass: ``predictions`` are the class-incremental ones,
-    ``task_given`` the arg-max within each example's task (``task_masks``), when asked for."""
+    ``task_given`` the arg-max within each example's task (``task_masks``), ``nme`` the nearest
+    mean of exemplars', when asked for (``nme`` None: the strategy has none, no figures)."""
     figures = {}
-    if "task_given" in names:
-        row, A_t = evaluation.accuracy_row(task_given, labels, seen_tasks)
-        figures["task_given"] = {"acc_row": row, "A": A_t}
+    for name, other in (("task_given", task_given), ("nme", nme)):
+        if name in names and other is not None:
+            row, A_t = evaluation.accuracy_row(other, labels, seen_tasks)
+            figures[name] = {"acc_row": row, "A": A_t}
     if "per_class" in names:
         correct = predictions == labels
         figures["per_class"] = {str(c): float(correct[labels == c].mean())
@@ -58,13 +84,15 @@ def run_evaluators(names, predictions: np.ndarray, task_given: np.ndarray | None
 def summarize(names, tasks: list[dict]) -> tuple[dict, dict]:
     """({name: summary figures}, flat summary fields) from the task records of a run."""
     summary, flat = {}, {}
-    if "task_given" in names:
-        rows = [r["evaluations"]["task_given"]["acc_row"] for r in tasks]
-        A = [r["evaluations"]["task_given"]["A"] for r in tasks]
+    for name in MATRIX_EVALUATORS:
+        if name not in names or name not in tasks[-1]["evaluations"]:
+            continue
+        rows = [r["evaluations"][name]["acc_row"] for r in tasks]
+        A = [r["evaluations"][name]["A"] for r in tasks]
         metrics = evaluation.summary_metrics(rows, A)
-        summary["task_given"] = {"acc_matrix": rows, "A": A, **metrics}
-        flat = {"task_given_avg_inc_acc": metrics["avg_inc_acc"],
-                "task_given_last_acc": metrics["last_acc"]}
+        summary[name] = {"acc_matrix": rows, "A": A, **metrics}
+        flat.update({f"{name}_avg_inc_acc": metrics["avg_inc_acc"],
+                     f"{name}_last_acc": metrics["last_acc"]})
     if "per_class" in names:
         summary["per_class"] = tasks[-1]["evaluations"]["per_class"]
     return summary, flat

@@ -254,8 +254,11 @@ class RunLoop:
         with Stopwatch() as eval_watch:
             predictions, task_given = evaluation.predict_seen_and_within(
                 self.strategy, state, test.images, num_seen, self.config.eval_batch_size, within)
+            nme = (evaluators.nme_predictions(self.strategy, state, test.images, num_seen,
+                                              self.config.eval_batch_size)
+                   if "nme" in names else None)
         figures = evaluators.run_evaluators(names, predictions, task_given, test.labels,
-                                            seen_tasks)
+                                            seen_tasks, nme)
         row, A_t = evaluation.accuracy_row(predictions, test.labels, seen_tasks)
         record = {
             "kind": "task", **self.header, "attempt": progress["attempt"], "task": t,

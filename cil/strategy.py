@@ -156,6 +156,12 @@ class Strategy:
         (the last task's). None by default."""
         return {}
 
+    def nearest_mean_classifier(self, state: PyTree):
+        """``images -> (N, classes) scores`` of the nearest mean of exemplars on this strategy's
+        features, for the ``nme`` evaluator (cil/evaluators.py), or None: a strategy that keeps
+        no exemplars and features has none (the default)."""
+        return None
+
 
 def pytree_bytes(tree: PyTree) -> int:
     """Bytes held by the arrays of a pytree, each at its own dtype."""

@@ -109,6 +109,8 @@ FORMULAS = {  # metric key -> (Markdown, LaTeX), PROTOCOL.md's definitions
             r"$\mathrm{BWT} = \frac{1}{T-1}\sum_{j<T-1} (a_{T-1,j} - a_{j,j})$"),
     "task_given_last_acc": ("task given: each example's arg-max over its own task's classes",
                             r"task given: each example's arg-max over its own task's classes"),
+    "nme_last_acc": ("NME: the nearest mean of exemplars on the strategy's features",
+                     r"NME: the nearest mean of exemplars on the strategy's features"),
 }
 
 

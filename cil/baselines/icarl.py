@@ -20,36 +20,16 @@ The class means are side state: num_classes x feature_dim float32, charged again
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cil.baselines.replay import Replay
+from cil.baselines.replay import Replay, class_means, nearest_mean_scores
 from cil import parallel
 from cil.fields import Field, Integer, Number, OneOf
-from cil.models.networks import normalize
 from cil.strategy import Learned, StreamSpec
 from cil.training import Distillation, Objective
 
 CLASSIFIERS = ("nme", "logits")
-
-
-@functools.partial(jax.jit, static_argnames="num_classes")
-def class_means(features, labels, size, num_classes: int):
-    """Normalised mean of the normalised features of slots [0, size), per class (zeros if none)."""
-    valid = jnp.arange(features.shape[0]) < size
-    segments = jnp.where(valid, labels.astype(jnp.int32), num_classes)
-    sums = jax.ops.segment_sum(normalize(features), segments, num_classes + 1)[:num_classes]
-    return normalize(sums)
-
-
-@jax.jit
-def nearest_mean_scores(features, means):
-    """Minus the squared distance from each normalised feature vector to each class mean."""
-    f = normalize(features)
-    return 2.0 * f @ means.T - jnp.sum(f * f, -1, keepdims=True) - jnp.sum(means * means, -1)
 
 
 class ICaRL(Replay):

@@ -70,7 +70,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cil.baselines.icarl import CLASSIFIERS, ICaRL, class_means
+from cil.baselines.icarl import CLASSIFIERS, ICaRL
+from cil.baselines.replay import class_means
 from cil import models, parallel
 from cil.fields import Field, Integer, Number, OneOf, Optional
 from cil.models.networks import normalize

@@ -13,9 +13,13 @@ buffer empty, trains on new data alone. ``trained_examples`` counts the exemplar
 The buffer's size is the run's budget: ``memory.exemplars``, or with ``memory.budget_bytes`` the
 exemplars the budget leaves after the network's bytes (Zhou et al. 4.4); ``replay.exemplars``
 only when config.memory sets neither. Subclasses (icarl) reuse the buffer and its accounting.
+``nearest_mean_classifier`` gives the ``nme`` evaluator the nearest mean of exemplars on the
+network's features (``class_means`` / ``nearest_mean_scores``, iCaRL's classifier).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +31,25 @@ from cil import parallel
 from cil.fields import Field, Flag, Integer, OneOf, Optional
 from cil.memory import (COUNTER_BYTES, SELECTIONS, ExemplarMemory, exemplar_bytes,
                         exemplar_capacity)
+from cil.models.networks import normalize
 from cil.strategy import Learned, StreamSpec, pytree_bytes
 from cil.training import DeviceData, MemoryBatches, Objective
+
+
+@functools.partial(jax.jit, static_argnames="num_classes")
+def class_means(features, labels, size, num_classes: int):
+    """Normalised mean of the normalised features of slots [0, size), per class (zeros if none)."""
+    valid = jnp.arange(features.shape[0]) < size
+    segments = jnp.where(valid, labels.astype(jnp.int32), num_classes)
+    sums = jax.ops.segment_sum(normalize(features), segments, num_classes + 1)[:num_classes]
+    return normalize(sums)
+
+
+@jax.jit
+def nearest_mean_scores(features, means):
+    """Minus the squared distance from each normalised feature vector to each class mean."""
+    f = normalize(features)
+    return 2.0 * f @ means.T - jnp.sum(f * f, -1, keepdims=True) - jnp.sum(means * means, -1)
 
 
 class Replay(Finetune):
@@ -148,6 +169,14 @@ class Replay(Finetune):
             features = self._trainer.features(net, data.images)
         return self.exemplar_memory.update(buffer, data.images, data.labels, data.size, key,
                                            features)
+
+    def nearest_mean_classifier(self, state):
+        """The nearest mean of the exemplars' normalised features (iCaRL's rule), means taken
+        from the buffer as it is now; PyCIL also averages in each exemplar's flipped image."""
+        net, buffer = state["net"], state["buffer"]
+        means = class_means(self._trainer.features(net, buffer.images), buffer.labels,
+                            buffer.size, self.spec.num_classes)
+        return lambda images: nearest_mean_scores(self._trainer.features(net, images), means)
 
     def memory(self, state):
         network = super().memory(state)

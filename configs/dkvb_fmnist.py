@@ -82,7 +82,7 @@ def get_config(arg: str | None = None):
         if arg == "held_out":
             config.strategies = ("dkvb", "ncm", "replay")
             fields["ncm"] = {"encoder": {"name": encoders}}
-            config.train.epochs = 5  # replay's network; dkvb trains its values by its own fields
+        config.train.epochs = 5  # replay's network; dkvb trains its values by its own fields
         config.memory.budget_bytes = dkvb_bytes(config.dkvb, 10)
         config.sweep = ml_collections.ConfigDict({"fields": fields})
     return config

@@ -54,6 +54,10 @@ herding: one compile each per run, not one per grown size. The price: each train
 the frozen forward pass of all T slots (in evaluation mode, no gradient), not only the t active
 ones as PyCIL, and backbone t once more in training mode.
 
+MEMO (cil/baselines/memo.py) is this code with a shared trunk in front of the slots: ``Backbone``
+takes a range of the network's stages, ``DERNet.trunk`` runs the first ``DER.shared_stages``
+stages once (none for DER), ``trainable_mask`` and the memory accounting cover it.
+
 Weight aligning, measured (tests/test_baselines.py's Split-Digits stream, tiny MLP, 5 epochs,
 seeds 0-5, 2026-12-03): old-task mean at the end 0.502-0.685 with it, 0.855-0.938 without
 (``weight_aligning=False``). Here gamma (old mean norm / new) was 1.3-1.8: the old classes'
@@ -118,10 +122,13 @@ class ActiveBackbones(nnx.Variable):
 
 
 class Backbone(nnx.Module):
-    """A network's stages without its head: what DER stacks, one per task."""
+    """A network's stages [start, stop) without its head: what DER stacks, one per task (all the
+    stages), and what MEMO splits into its shared trunk and the specialized blocks it stacks."""
 
-    def __init__(self, network: Network):
-        self.stages = network.stages
+    def __init__(self, network: Network, start: int = 0, stop: int | None = None):
+        self.stages = nnx.List(list(network.stages)[start:stop])
+        # Only the first stage reads images; later stages get float features, which ``to_float``
+        # passes through.
         self.input_mean, self.input_std = network.input_mean, network.input_std
 
     def __call__(self, images, train: bool = False):
@@ -139,15 +146,22 @@ class DERNet(nnx.Module):
     ``class_spans[t]``: task t's (first class, end class), static. The slots from ``active`` on
     give zero features; in training mode slot ``active - 1`` runs in training mode (batch
     statistics, its running averages updated), every other slot in evaluation mode.
+
+    ``trunk`` (MEMO; None for DER): stages shared by every slot, run once before them. In
+    training mode it runs in training mode (batch statistics) when ``train_shared`` (static) or
+    at task 0, else in evaluation mode with its statistics left as they are.
     """
 
     def __init__(self, backbones: Backbone, feature_dim: int, num_classes: int,
-                 class_spans: tuple[tuple[int, int], ...], input_mean=None, input_std=None):
+                 class_spans: tuple[tuple[int, int], ...], input_mean=None, input_std=None,
+                 trunk: Backbone | None = None, train_shared: bool = True):
         num_tasks = len(class_spans)
         widest_task = max(end - first for first, end in class_spans)
         zeros = nnx.initializers.zeros
         rngs = nnx.Rngs(0)  # unused: every weight starts at 0 and is drawn by ``expand``
         self.backbones = backbones
+        self.trunk = trunk
+        self.train_shared = bool(train_shared)
         self.head = nnx.Linear(num_tasks * feature_dim, num_classes, kernel_init=zeros,
                                bias_init=zeros, rngs=rngs)
         self.aux_head = nnx.Linear(feature_dim, widest_task + 1, kernel_init=zeros,
@@ -162,9 +176,11 @@ class DERNet(nnx.Module):
     def slot_features(self, images, train: bool = False):
         """(T, N, d) every slot's features, zero for inactive slots, and the newest active slot's
         features (training mode when ``train``, else None)."""
+        if self.trunk is not None:  # gradients reach it through every active slot
+            images = self.shared_features(images, train)
         graphdef, state = nnx.split(self.backbones)
-        if train:  # frozen slots: no gradient, and none wasted on the backward pass
-            state = jax.lax.stop_gradient(state)
+        if train:  # frozen slots: no gradient for their weights (their input still passes one
+            state = jax.lax.stop_gradient(state)  # on to a MEMO trunk, as PyCIL's autograd does)
         # Every slot, active or not, in evaluation mode (fixed shapes: the count is traced); in
         # training the newest slot's result here is replaced by its training-mode pass below.
         frozen = jax.vmap(lambda s: nnx.merge(graphdef, s)(images, train=False))(state)
@@ -181,6 +197,22 @@ class DERNet(nnx.Module):
         nnx.update(self.backbones, jax.tree.map(lambda all_, one: all_.at[newest].set(one), stats,
                                                 nnx.state(backbone, nnx.Not(nnx.Param))))
         return jnp.where(slots == newest, new_features[None], features), new_features
+
+    def shared_features(self, images, train: bool = False):
+        """The trunk's output; see the class docstring for its BatchNorm mode."""
+        if not train or self.train_shared:
+            return self.trunk(images, train)
+        # Frozen after task 0: the mode follows the traced task, so both passes run (one compiled
+        # step for every task) and the running statistics keep the training pass's update only
+        # at task 0.
+        first = self.active[...] <= 1
+        before = jax.tree.map(lambda a: a, nnx.state(self.trunk, nnx.Not(nnx.Param)))
+        evaluated = self.trunk(images, False)
+        trained = self.trunk(images, True)
+        after = nnx.state(self.trunk, nnx.Not(nnx.Param))
+        nnx.update(self.trunk, jax.tree.map(lambda new, old: jnp.where(first, new, old),
+                                            after, before))
+        return jnp.where(first, trained, evaluated)
 
     def features(self, images, train: bool = False):
         """The classifier's input: the slots' features side by side, (N, T x d)."""
@@ -271,6 +303,8 @@ def trainable_mask(graphdef, net: dict):
         name = getattr(path[0], "key", None)
         if name == "backbones":
             return (jnp.arange(param.shape[0]) == task).reshape(-1, *[1] * (param.ndim - 1))
+        if name == "trunk":  # MEMO's shared stages: trained at task 0, later if train_shared
+            return (task == 0) | jnp.asarray(model.train_shared)
         if name == "head":
             classes = jnp.arange(param.shape[-1]) < num_seen
             if param.ndim == 1:
@@ -317,17 +351,32 @@ class DER(Replay):
         """One backbone's network (``config.model``; its head is dropped)."""
         return models.build(self.config.model, spec.image_shape, spec.num_classes, seed=key)
 
+    def shared_stages(self, spec: StreamSpec) -> int:
+        """How many of the network's first stages all slots share, run once in front of them
+        (MEMO's generalized blocks); DER shares none."""
+        return 0
+
+    def train_shared(self) -> bool:
+        """Whether the shared stages keep training after task 0 (MEMO; DER has none)."""
+        return True
+
     def model(self, spec: StreamSpec, seed) -> DERNet:
         key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+        shared = self.shared_stages(spec)
 
         @nnx.vmap(in_axes=0, out_axes=0)
         def stacked(slot_key):  # T backbones, each variable with a leading slot axis
-            return Backbone(self.backbone_network(spec, slot_key))
+            return Backbone(self.backbone_network(spec, slot_key), start=shared)
 
         template = nnx.eval_shape(lambda: self.backbone_network(spec, key))
         spans = tuple((span.classes[0], span.classes[-1] + 1) for span in spec.tasks)
+        trunk = None
+        if shared:  # its own draw, after the slots' T
+            trunk_network = self.backbone_network(spec, jax.random.fold_in(key, spec.num_tasks))
+            trunk = Backbone(trunk_network, stop=shared)
         return DERNet(stacked(jax.random.split(key, spec.num_tasks)), template.head.in_features,
-                      spec.num_classes, spans, template.input_mean, template.input_std)
+                      spec.num_classes, spans, template.input_mean, template.input_std,
+                      trunk=trunk, train_shared=self.train_shared())
 
     def classification_loss(self):
         return functools.partial(der_loss, num_classes=self.spec.num_classes,
@@ -335,25 +384,33 @@ class DER(Replay):
 
     # --- memory accounting ---------------------------------------------------------------------
 
-    def slot_sizes(self, spec: StreamSpec) -> tuple[int, int, int, int]:
-        """(parameter bytes, BatchNorm statistics bytes, feature width d) of one backbone and the
-        classifier's bytes per weight: from the network's shapes, once per stream."""
+    def slot_sizes(self, spec: StreamSpec) -> tuple[int, int, int, int, int, int]:
+        """(parameter bytes, BatchNorm statistics bytes, feature width d) of one backbone, the
+        classifier's bytes per weight, and (parameter bytes, statistics bytes) of the shared
+        trunk (MEMO; 0 and 0 for DER): from the network's shapes, once per stream."""
         if spec not in self._slot_sizes:
             model = self.abstract_network(spec)
             params = pytree_bytes(nnx.state(model.backbones, nnx.Param))
             stats = pytree_bytes(nnx.state(model.backbones, nnx.Not(nnx.Param)))
+            trunk_params = trunk_stats = 0
+            if model.trunk is not None:
+                trunk_params = pytree_bytes(nnx.state(model.trunk, nnx.Param))
+                trunk_stats = pytree_bytes(nnx.state(model.trunk, nnx.Not(nnx.Param)))
             itemsize = np.dtype(jax.tree.leaves(nnx.state(model.head))[0].dtype).itemsize
             self._slot_sizes[spec] = (params // spec.num_tasks, stats // spec.num_tasks,
-                                      model.feature_dim, itemsize)
+                                      model.feature_dim, itemsize, trunk_params, trunk_stats)
         return self._slot_sizes[spec]
 
     def active_bytes(self, spec: StreamSpec, active: int) -> tuple[int, int]:
         """(learner parameter bytes, BatchNorm statistics bytes) with ``active`` backbones: the
-        backbones and the classifier's block of their features x the classes seen by then."""
-        params, stats, d, itemsize = self.slot_sizes(spec)
+        backbones, the shared trunk once (when any is active; MEMO) and the classifier's block of
+        their features x the classes seen by then."""
+        params, stats, d, itemsize, trunk_params, trunk_stats = self.slot_sizes(spec)
         seen = spec.tasks[active - 1].classes[-1] + 1 if active else 0
         head = (active * d * seen + seen) * itemsize
-        return active * params + head, active * stats
+        trunk = active > 0
+        return (trunk * trunk_params + active * params + head,
+                trunk * trunk_stats + active * stats)
 
     def network_bytes(self, spec):
         # What the buffer's budget must leave room for: the network at its largest, all T active.

@@ -77,8 +77,9 @@ def main_cells(table: Table, row: Row, latex: bool) -> list[str]:
         cells.append(number(mean, std, len(row.runs), m.decimals, latex))
     for key in table.stat_keys:
         mean, std = row.stats.get(STATS_PREFIX + key, (float("nan"), 0.0))
+        spread = std > 1e-9 * abs(mean)  # not float noise of equal values (their mean's rounding)
         cells.append("" if not np.isfinite(mean) else
-                     f"{mean:,.4g}" + (f" ± {std:,.2g}" if std else ""))
+                     f"{mean:,.4g}" + (f" ± {std:,.2g}" if spread else ""))
     return cells
 
 

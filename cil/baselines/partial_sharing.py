@@ -20,7 +20,8 @@ Settings (``config.partial_sharing``) and defaults:
   ``len(stages)`` shares all but the head. Unset, ``shared_fraction`` picks it: the longest prefix
   of stages holding at most that fraction of the base network's parameters. Default 0.5: the paper
   chooses the sharing point per application by sweeping it against the accuracy lost; half the
-  parameters is our default, and benchmarks/partial_sharing_sweep.py measures the whole range.
+  parameters is our default; configs/partial_sharing_fmnist.py:sweep_mlp / :sweep_cnn measure the
+  whole range (benchmarks/partial_sharing_sweep.md).
 - ``merge``: how a branch's scores become comparable to another's. ``"softmax"`` (default): each
   branch's log-softmax over its own classes, i.e. every branch states a probability over its
   classes; ``"logits"``: the raw logits side by side (one softmax over all of them).

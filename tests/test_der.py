@@ -2,6 +2,8 @@
 included; the auxiliary head's labels and the loss by hand; the memory report by hand. That it
 keeps old tasks where finetune forgets is tests/test_baselines.py's (OLD_TASK_MARGIN["der"])."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ from cil.baselines.der import DER, auxiliary_labels, der_loss, expand
 from cil.data import stream as streams
 from cil.experiment import stream_spec
 from cil.models.networks import GlobalPool, Network, Stem
-from cil.strategy import strategy_config
+from cil.strategy import Budget, strategy_config
 from tests.helpers import blobs_dataset, tiny_config, tiny_stream
 
 EXEMPLARS = 12
@@ -167,3 +169,16 @@ def test_memory_by_hand(three_tasks):
     # A byte budget leaves room for the network at its largest (all 3 backbones active, their
     # statistics included) and the active count.
     assert strategy.network_bytes(spec) == 840 + 96 and strategy.side_bytes(spec) == 4
+
+
+def test_a_byte_budget_buys_the_exemplars_of_the_protocol_formula(three_tasks):
+    """PROTOCOL.md's memory-aligned count: floor((budget - network - side state) / bytes per
+    exemplar), the network at its final size (here all 3 backbones: 840 + 96 bytes, see above),
+    side state the active count (4) and the buffer's counters (8), an exemplar 4x4x1 + 1 = 17."""
+    _, spec, _, _ = three_tasks
+    strategy = batch_norm_der()
+    for budget in (1_000, 5_000):
+        budgeted = dataclasses.replace(spec, budget=Budget(max_bytes=budget))
+        memory = strategy.build_memory(budgeted)
+        assert memory.capacity == (budget - (840 + 96) - 4 - 8) // 17
+        assert memory.bytes_per_exemplar == 17

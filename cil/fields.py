@@ -163,12 +163,15 @@ class Sequence(Rule):
 
     item: Rule
     min_length: int = 0
+    max_length: int | None = None
     distinct: bool = False
     increasing: bool = False  # strictly
     kind = tuple
 
     def allows(self, value) -> bool:
         if not isinstance(value, (tuple, list)) or len(value) < self.min_length:
+            return False
+        if self.max_length is not None and len(value) > self.max_length:
             return False
         if not all(self.item.allows(v) for v in value):
             return False
@@ -179,6 +182,7 @@ class Sequence(Rule):
     def describe(self) -> str:
         text = f"a tuple of values, each {self.item.describe()}"
         extra = [f"at least {self.min_length}" if self.min_length else "",
+                 f"at most {self.max_length}" if self.max_length is not None else "",
                  "no repeats" if self.distinct else "", "increasing" if self.increasing else "",
                  "write (x,) for one value"]
         return f"{text} ({'; '.join(e for e in extra if e)})"

@@ -66,3 +66,22 @@ def test_unknown_model_or_option_is_a_config_error():
         models.build(ml_collections.ConfigDict({"name": "mpl"}), (8, 8, 1), 2, seed=0)
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) model.hiden; model has"):
         models.build(ml_collections.ConfigDict({"name": "mlp", "hiden": (3,)}), (8, 8, 1), 2, seed=0)
+
+
+def test_cifar_resnet_is_resnet32_and_its_smaller_variants():
+    def params(config):
+        network = models.build(ml_collections.ConfigDict(config), (32, 32, 3), 10, seed=0)
+        return network, sum(x.size for x in jax.tree.leaves(nnx.state(network, nnx.Param)))
+
+    assert params({"name": "cifar_resnet"})[1] == params({"name": "resnet32"})[1] == 466_906
+    network, count = params({"name": "cifar_resnet", "depth": 8, "widths": (8, 16, 32)})
+    # ResNet-8, widths 8/16/32, by hand: stem 3x3x3x8 + BatchNorm 16 = 232; block 8->8: two 3x3
+    # convs 576 each + two BatchNorms 16 = 1,184; block 8->16 (stride 2): 1,152 + 2,304 + 1x1
+    # projection 128 + three BatchNorms 32 = 3,680; block 16->32: 4,608 + 9,216 + 512 + 3 x 64 =
+    # 14,528; head 32 x 10 + 10 = 330.
+    assert count == 232 + 1_184 + 3_680 + 14_528 + 330
+    assert len(network.stages) == 1 + 3 + 1  # stem, one block a width, pooling
+    assert len(params({"name": "cifar_resnet", "depth": 20})[0].stages) == 1 + 9 + 1
+    for bad in ({"depth": 9}, {"widths": (8, 16)}):
+        with pytest.raises(ConfigError, match="cifar_resnet|depth|widths"):
+            models.check(ml_collections.ConfigDict({"name": "cifar_resnet", **bad}))

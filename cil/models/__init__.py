@@ -9,6 +9,8 @@ Every network is a list of ``stages`` followed by a linear ``head``, so a strate
 share or clone "the first k stages" the same way for the MLP, the CNN and the ResNets. PODNet's
 ``proxies_per_class`` puts a local similarity classifier in the head's place.
 
+``cifar_resnet`` (``depth`` 6n + 2, three ``widths``) is ``resnet32`` and its smaller variants
+(ResNet-8/14/20, narrower widths) for the memory-agnostic comparison of growing methods.
 ``resnet18`` is the CIFAR adaptation (3x3 stem, no max-pool); ``resnet18_imagenet`` and
 ``resnet50_imagenet`` are torchvision's ``resnet18`` and ``resnet50`` (7x7 stride-2 stem and
 max-pool, PyTorch's paddings), parameter for parameter, so ImageNet-pretrained PyTorch weights load
@@ -24,10 +26,11 @@ from flax import nnx
 from cil.errors import ConfigError
 from cil.fields import Field, Integer, Number, OneOf, Optional, Sequence
 from cil.fields import bad_value, check as check_fields
-from cil.models.networks import (Network, cnn, mlp, pytorch_init, resnet18, resnet18_imagenet,
-                                 resnet32, resnet50_imagenet, small_cnn)
+from cil.models.networks import (Network, cifar_resnet, cnn, mlp, pytorch_init, resnet18,
+                                 resnet18_imagenet, resnet32, resnet50_imagenet, small_cnn)
 
 _BUILDERS = {"mlp": mlp, "cnn": cnn, "small_cnn": small_cnn, "resnet32": resnet32,
+             "cifar_resnet": cifar_resnet,
              "resnet18": resnet18, "resnet18_imagenet": resnet18_imagenet,
              "resnet50_imagenet": resnet50_imagenet}
 
@@ -47,6 +50,10 @@ OPTION_FIELDS = {
     "cnn": {"channels": Field((32, 64), Sequence(Integer(min=1), min_length=1),
                               "channels of each conv-conv-pool stage")},
     "small_cnn": {}, "resnet32": {}, "resnet18": {},
+    # depth 6n + 2 (8, 14, 20, 32, ...), three widths: resnet32 and its smaller variants
+    "cifar_resnet": {"depth": Field(32, OneOf(*range(8, 111, 6)), "6n + 2 layers: n blocks a width"),
+                     "widths": Field((16, 32, 64), Sequence(Integer(min=1), min_length=3,
+                                                            max_length=3), "the three widths")},
     # torchvision's ImageNet ResNets: no options (the architecture is what the weights fit)
     "resnet18_imagenet": {}, "resnet50_imagenet": {},
 }

@@ -348,7 +348,15 @@ def _resnet(image_shape, num_classes, widths, blocks_per_stage, *, rngs, stem=No
 
 def resnet32(image_shape, num_classes, *, rngs):
     """ResNet-32 for 32x32 inputs (He et al. 2016, CIFAR variant; as in iCaRL and PyCIL): 3x5 blocks."""
-    return _resnet(image_shape, num_classes, (16, 32, 64), (5, 5, 5), rngs=rngs)
+    return cifar_resnet(image_shape, num_classes, depth=32, widths=(16, 32, 64), rngs=rngs)
+
+
+def cifar_resnet(image_shape, num_classes, *, depth, widths, rngs):
+    """He et al.'s CIFAR ResNet of ``depth`` = 6n + 2 layers: n blocks of each of the three
+    ``widths``. Depth 32 and widths (16, 32, 64) is ``resnet32``; shallower or narrower ones
+    (depth 8, 14, 20; widths (8, 16, 32)) are the smaller backbones a growing method (DER, MEMO)
+    takes in the survey's memory-agnostic comparison, where each method must fit a budget."""
+    return _resnet(image_shape, num_classes, tuple(widths), ((depth - 2) // 6,) * 3, rngs=rngs)
 
 
 def resnet18(image_shape, num_classes, *, rngs):
